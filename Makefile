@@ -1,0 +1,49 @@
+# Entry points for users and CI. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# Every directory under molecule/ with a molecule.yml is a scenario.
+SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+s ?=
+
+.PHONY: help setup lint testbed molecule molecule-all test test-app
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@echo "  scenarios: $(SCENARIOS)"
+
+setup: $(VENV)/.installed ## Create .venv with the pinned control-node tools (fast when up to date)
+
+$(VENV)/.installed: .config/requirements.txt
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r .config/requirements.txt
+	touch $@
+
+lint: setup ## yamllint, ansible-lint (profile production) and ruff
+	yamllint --strict .
+	ansible-lint
+	ruff check .
+	ruff format --check .
+
+testbed: setup ## Make sure Docker answers and the base image for test hosts exists
+	.config/testbed/ensure-docker
+	.config/testbed/build-image >/dev/null
+
+molecule: testbed ## Run one scenario's full `molecule test`: make molecule s=common
+	@test -n "$(s)" || { echo "usage: make molecule s=<scenario>  (one of: $(SCENARIOS))"; exit 2; }
+	TESTBED_IMAGE=$$(.config/testbed/build-image) molecule test -s $(s)
+
+molecule-all: testbed ## Run every Molecule scenario, one after the other
+	@for scenario in $(SCENARIOS); do \
+	    start=$$(date +%s); \
+	    TESTBED_IMAGE=$$(.config/testbed/build-image) molecule test -s $$scenario; \
+	    echo "scenario $$scenario passed in $$(( $$(date +%s) - start )) s"; \
+	done
+
+test-app: ## The app's tests against a real PostgreSQL and Redis
+	@if [[ -f app/Makefile ]]; then $(MAKE) -C app test; else echo "app/ has no tests yet"; fi
+
+test: lint test-app molecule-all ## Everything CI runs: lint, app tests, every scenario

@@ -1,0 +1,126 @@
+"""Shared testinfra helpers, loaded into every scenario's verify step as a pytest plugin.
+
+- `scenario_host(name)` gives a testinfra host for another inventory host of the scenario,
+  so a test can act from one host against another (a peer allowed, a non-peer refused).
+- `hostvars` gives the scenario's Ansible variables for a host, so tests compare with what
+  the role was told to do instead of repeating numbers.
+- A test marked `@pytest.mark.journal("unit", ...)` (or a module with `JOURNAL_UNITS`)
+  prints the tail of those units' journals when it fails, on the host it ran against.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import testinfra
+from testinfra.utils.ansible_runner import AnsibleRunner
+
+JOURNAL_LINES = 60
+
+
+def inventory_dir() -> str:
+    return str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
+
+
+@functools.cache
+def _runner() -> AnsibleRunner:
+    return AnsibleRunner(inventory_dir())
+
+
+def hosts_in(group: str) -> list[str]:
+    """Inventory hosts of a group, for `testinfra_hosts` at module level."""
+    return _runner().get_hosts(group)
+
+
+@dataclass
+class PlaybookRun:
+    returncode: int
+    output: str
+    changed: dict[str, int]
+
+    @property
+    def any_changed(self) -> bool:
+        return any(self.changed.values())
+
+
+def converge(*args: str) -> PlaybookRun:
+    """Run the scenario's converge playbook again from the control node.
+
+    Used to prove check mode predicts no change, and that bad variables are rejected
+    before anything changes (`-e name=value` in args).
+    """
+    playbook = os.environ.get(
+        "SCENARIO_CONVERGE_PLAYBOOK",
+        str(Path(os.environ["MOLECULE_PROJECT_DIRECTORY"], "molecule/_shared/converge.yml")),
+    )
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", inventory_dir(), *args, playbook],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "ANSIBLE_STDOUT_CALLBACK": "default", "ANSIBLE_NOCOLOR": "1"},
+    )
+    output = proc.stdout + proc.stderr
+    changed = {
+        line.split()[0]: int(re.search(r"changed=(\d+)", line)[1])
+        for line in proc.stdout.splitlines()
+        if re.search(r"\bok=\d+.*changed=\d+", line)
+    }
+    return PlaybookRun(proc.returncode, output, changed)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "journal(*units): print these units' journal on failure")
+
+
+@pytest.fixture(scope="session")
+def scenario_host():
+    cache: dict[str, testinfra.host.Host] = {}
+
+    def get(name: str) -> testinfra.host.Host:
+        if name not in cache:
+            cache[name] = testinfra.get_host(
+                f"ansible://{name}?ansible_inventory={inventory_dir()}"
+            )
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def hostvars():
+    @functools.cache
+    def get(name: str) -> dict:
+        return _runner().get_variables(name)
+
+    return get
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if report.when != "call" or not report.failed:
+        return report
+    units: list[str] = []
+    for marker in item.iter_markers("journal"):
+        units.extend(marker.args)
+    units.extend(getattr(item.module, "JOURNAL_UNITS", []))
+    host = getattr(item, "funcargs", {}).get("host")
+    if not units or host is None:
+        return report
+    for unit in dict.fromkeys(units):
+        try:
+            out = host.run(
+                "journalctl --no-pager -o short-iso -n %s -u %s", str(JOURNAL_LINES), unit
+            )
+            text = out.stdout or out.stderr
+        except Exception as exc:
+            text = f"(could not read the journal: {exc})"
+        report.sections.append((f"journal of {unit} on {host.backend.get_hostname()}", text))
+    return report
