@@ -1,0 +1,80 @@
+"""Settings, read once from SHOP_* environment variables (and an optional .env file)."""
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, PostgresDsn, RedisDsn, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shop import __version__
+
+# app/static in a source checkout (src/shop/core/config.py -> app/static).
+_SOURCE_STATIC_DIR = Path(__file__).resolve().parents[3] / "static"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHOP_", env_file=".env", extra="ignore")
+
+    database_url: PostgresDsn = PostgresDsn("postgresql+asyncpg://shop@127.0.0.1:5432/shop")
+    # Migrations take DDL locks and run once per deploy: they may go straight to
+    # PostgreSQL while the workers go through PgBouncer.
+    migration_database_url: PostgresDsn | None = None
+    redis_url: RedisDsn = RedisDsn("redis://127.0.0.1:6379/0")
+
+    # PgBouncer in transaction mode (1.18 on Debian 12) cannot keep prepared
+    # statements across transactions, so asyncpg's caches must be off behind it.
+    pgbouncer: bool = False
+    db_pool_size: int = Field(default=5, ge=1)
+    db_max_overflow: int = Field(default=5, ge=0)
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    cache_ttl_seconds: int = Field(default=60, ge=1)
+    # Short on purpose: a Redis outage must cost a request milliseconds, not seconds.
+    redis_timeout_seconds: float = Field(default=0.25, gt=0)
+
+    # NoDecode: accept a plain comma-separated list as well as JSON.
+    cors_origins: Annotated[list[str], NoDecode] = []
+
+    profiling_enabled: bool = False
+    admin_token: SecretStr | None = None
+
+    serve_static: bool = False
+    static_dir: Path = _SOURCE_STATIC_DIR
+
+    release: str = __version__
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_wildcard(cls, value: list[str]) -> list[str]:
+        if "*" in value:
+            raise ValueError("a wildcard CORS origin is not allowed; list the origins")
+        return value
+
+    @property
+    def migration_url(self) -> str:
+        return str(self.migration_database_url or self.database_url)
+
+    @property
+    def profiling_token(self) -> str | None:
+        """The token that unlocks profiling, or None when profiling is off."""
+        if not self.profiling_enabled or self.admin_token is None:
+            return None
+        token = self.admin_token.get_secret_value()
+        return token or None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,131 @@
+"""Database reads and writes. Every relation a response needs is loaded eagerly."""
+
+from collections.abc import Sequence
+
+from sqlalchemy import Row, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import load_only, selectinload
+
+from shop import schemas
+from shop.models import Order, OrderItem, Product, User
+
+
+class NotFoundError(Exception):
+    """Something the request refers to does not exist (404)."""
+
+
+class ConflictError(Exception):
+    """The request clashes with existing data (409)."""
+
+
+async def get_user(session: AsyncSession, user_id: int) -> Row | None:
+    # Only the columns the response shows: no password hash leaves the database.
+    result = await session.execute(select(User.id, User.name).where(User.id == user_id))
+    return result.first()
+
+
+async def get_user_with_orders(session: AsyncSession, user_id: int) -> User | None:
+    """Three statements whatever the number of orders: user, orders, items with products.
+
+    selectinload fetches a collection for all parents in one IN query;
+    joinedload suits the many-to-one product. The relationships are
+    lazy="raise", so a forgotten option fails loudly instead of quietly
+    issuing one query per order.
+    """
+    stmt = (
+        select(User)
+        .where(User.id == user_id)
+        .options(
+            load_only(User.id, User.name),
+            selectinload(User.orders)
+            .selectinload(Order.items)
+            .joinedload(OrderItem.product)
+            .load_only(Product.id, Product.name),
+        )
+    )
+    return await session.scalar(stmt)
+
+
+async def create_user(session: AsyncSession, data: schemas.UserCreate, password_hash: str) -> User:
+    user = User(name=data.name, email=data.email, password_hash=password_hash)
+    session.add(user)
+    try:
+        await session.commit()
+    except IntegrityError as exc:
+        await session.rollback()
+        if "uq_users_email" in str(exc.orig):
+            raise ConflictError("a user with this email already exists") from exc
+        raise
+    return user
+
+
+async def popular_products(session: AsyncSession, limit: int) -> list[schemas.PopularProduct]:
+    sold = func.sum(OrderItem.quantity).label("sold")
+    stmt = (
+        select(Product.id, Product.name, Product.category, Product.price_cents, sold)
+        .join(OrderItem, OrderItem.product_id == Product.id)
+        .group_by(Product.id)
+        .order_by(sold.desc(), Product.id)
+        .limit(limit)
+    )
+    rows = (await session.execute(stmt)).all()
+    return [schemas.PopularProduct.model_validate(row) for row in rows]
+
+
+async def products_page(
+    session: AsyncSession, category: str, after: int, limit: int
+) -> schemas.ProductPage:
+    """Keyset pagination on (category, id): every page costs one index range scan,
+    where OFFSET would read and discard all earlier rows."""
+    stmt = (
+        select(Product)
+        .where(Product.category == category, Product.id > after)
+        .order_by(Product.id)
+        .limit(limit + 1)
+    )
+    products: Sequence[Product] = (await session.scalars(stmt)).all()
+    has_more = len(products) > limit
+    page = products[:limit]
+    return schemas.ProductPage(
+        items=[schemas.ProductOut.model_validate(p) for p in page],
+        next_cursor=page[-1].id if has_more else None,
+    )
+
+
+async def create_order(session: AsyncSession, data: schemas.OrderCreate) -> Order:
+    if await session.scalar(select(User.id).where(User.id == data.user_id)) is None:
+        raise NotFoundError(f"user {data.user_id} not found")
+
+    wanted = [item.product_id for item in data.items]
+    found = {
+        p.id: p
+        for p in await session.scalars(
+            select(Product)
+            .where(Product.id.in_(wanted))
+            .options(load_only(Product.id, Product.name, Product.price_cents))
+        )
+    }
+    missing = [product_id for product_id in wanted if product_id not in found]
+    if missing:
+        raise NotFoundError(f"product(s) not found: {', '.join(map(str, missing))}")
+
+    order = Order(
+        user_id=data.user_id,
+        items=[
+            OrderItem(
+                product=found[item.product_id],
+                quantity=item.quantity,
+                unit_price_cents=found[item.product_id].price_cents,
+            )
+            for item in data.items
+        ],
+    )
+    session.add(order)
+    try:
+        await session.commit()
+    except IntegrityError as exc:
+        # The user or a product was deleted between the checks and the insert.
+        await session.rollback()
+        raise ConflictError("the order refers to data that changed; retry") from exc
+    return order

@@ -1,0 +1,119 @@
+"""Request and response models.
+
+Responses carry only what clients need (no email, no password hash), and
+routes declare them as return types so FastAPI validates and serializes them
+in pydantic-core instead of going through jsonable_encoder.
+"""
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+# PostgreSQL integer columns: a larger id is simply unknown, and checking it
+# here turns it into a 422 instead of a driver error.
+INT32_MAX = 2**31 - 1
+Id = Annotated[int, Field(ge=1, le=INT32_MAX)]
+
+
+class ORMModel(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class UserOut(ORMModel):
+    id: int
+    name: str
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    email: Annotated[
+        str,
+        StringConstraints(
+            strip_whitespace=True,
+            to_lower=True,
+            max_length=254,
+            pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+        ),
+    ]
+    password: Annotated[str, Field(min_length=8, max_length=128)]
+
+
+class ProductOut(ORMModel):
+    id: int
+    name: str
+    category: str
+    price_cents: int
+
+
+class PopularProduct(ProductOut):
+    sold: int
+
+
+class ProductPage(BaseModel):
+    items: list[ProductOut]
+    # Pass as ?after= to get the next page; null on the last page.
+    next_cursor: int | None
+
+
+class ProductRef(ORMModel):
+    id: int
+    name: str
+
+
+class OrderItemOut(ORMModel):
+    product: ProductRef
+    quantity: int
+    unit_price_cents: int
+
+
+class OrderOut(ORMModel):
+    id: int
+    created_at: datetime
+    total_cents: int
+    items: list[OrderItemOut]
+
+
+class CreatedOrder(OrderOut):
+    user_id: int
+
+
+class UserWithOrders(UserOut):
+    orders: list[OrderOut]
+
+
+class OrderItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: Id
+    quantity: Annotated[int, Field(ge=1, le=1000)]
+
+
+class OrderCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: Id
+    items: Annotated[list[OrderItemIn], Field(min_length=1, max_length=100)]
+
+    @field_validator("items")
+    @classmethod
+    def _one_line_per_product(cls, items: list[OrderItemIn]) -> list[OrderItemIn]:
+        seen: set[int] = set()
+        for item in items:
+            if item.product_id in seen:
+                raise ValueError(f"product {item.product_id} is listed twice; sum the quantities")
+            seen.add(item.product_id)
+        return items
+
+
+class Health(BaseModel):
+    status: str
+    release: str
+
+
+class Readiness(BaseModel):
+    status: str
+    database: str
+    redis: str

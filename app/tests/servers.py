@@ -1,0 +1,189 @@
+"""Real PostgreSQL and PgBouncer servers for the tests, started from Debian's binaries.
+
+PostgreSQL refuses to run as root, and CI runs as root: there the servers run
+as the `postgres` system user (created by Debian's postgresql package) through
+runuser. As any other user they run as that user.
+"""
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+SERVER_USER = "postgres"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen | None = None, tries: int = 300) -> None:
+    for _ in range(tries):
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def pg_bin_dir() -> Path:
+    """PostgreSQL's server binaries are not on PATH on Debian: find them."""
+    if configured := os.environ.get("SHOP_TEST_PG_BIN"):
+        return Path(configured)
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parent.parent.name)
+    )
+    if candidates:
+        return candidates[-1].parent
+    if pg_ctl := shutil.which("pg_ctl"):
+        return Path(pg_ctl).parent
+    raise RuntimeError("PostgreSQL server binaries not found; apt-get install postgresql")
+
+
+def pgbouncer_bin() -> str | None:
+    return shutil.which("pgbouncer") or next(
+        (str(p) for p in [Path("/usr/sbin/pgbouncer")] if p.exists()), None
+    )
+
+
+def as_server_user(command: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return ["runuser", "-u", SERVER_USER, "--", *command]
+    return command
+
+
+def _server_owned_tempdir(prefix: str) -> Path:
+    # Not pytest's tmp_path: its parent is private to root, and the server user
+    # must be able to reach its files.
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    if os.geteuid() == 0:
+        shutil.chown(path, SERVER_USER, SERVER_USER)
+    return path
+
+
+@dataclass
+class PostgresServer:
+    port: int
+    base: Path
+    user: str = "postgres"
+
+    def url(self, database: str, *, port: int | None = None) -> str:
+        return f"postgresql+asyncpg://{self.user}@127.0.0.1:{port or self.port}/{database}"
+
+    def execute(self, *statements: str, database: str = "postgres") -> None:
+        async def run() -> None:
+            conn = await asyncpg.connect(
+                host="127.0.0.1", port=self.port, user=self.user, database=database
+            )
+            try:
+                for statement in statements:
+                    await conn.execute(statement)
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+
+
+def start_postgres() -> tuple[PostgresServer, Callable[[], None]]:
+    bin_dir = pg_bin_dir()
+    base = _server_owned_tempdir("shop-pg-")
+    data = base / "data"
+    port = free_port()
+    subprocess.run(
+        as_server_user(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    # Durability settings off: a test server that crashes is thrown away anyway.
+    options = (
+        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
+        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+    )
+    pg_ctl = [str(bin_dir / "pg_ctl"), "-D", str(data)]
+    subprocess.run(
+        as_server_user([*pg_ctl, "-o", options, "-l", str(base / "log"), "-w", "start"]),
+        check=True,
+        capture_output=True,
+    )
+
+    def stop() -> None:
+        subprocess.run(
+            as_server_user([*pg_ctl, "-m", "immediate", "stop"]),
+            check=False,
+            capture_output=True,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+    return PostgresServer(port=port, base=base), stop
+
+
+def start_pgbouncer(postgres: PostgresServer) -> tuple[int, Callable[[], None]]:
+    """PgBouncer in transaction mode, with fewer server connections than the app
+    opens, so clients really share server connections between transactions."""
+    binary = pgbouncer_bin()
+    if binary is None:
+        raise RuntimeError("pgbouncer not found; apt-get install pgbouncer")
+    base = _server_owned_tempdir("shop-pgbouncer-")
+    port = free_port()
+    (base / "userlist.txt").write_text(f'"{postgres.user}" ""\n')
+    (base / "pgbouncer.ini").write_text(
+        f"""[databases]
+* = host=127.0.0.1 port={postgres.port}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {base}/userlist.txt
+pool_mode = transaction
+default_pool_size = 2
+max_client_conn = 200
+logfile = {base}/pgbouncer.log
+"""
+    )
+    if os.geteuid() == 0:
+        for name in ("userlist.txt", "pgbouncer.ini"):
+            shutil.chown(base / name, SERVER_USER, SERVER_USER)
+    # -u: PgBouncer drops root itself, and gets our signals directly.
+    command = [binary, str(base / "pgbouncer.ini")]
+    if os.geteuid() == 0:
+        command[1:1] = ["-u", SERVER_USER]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port, process)
+
+    def stop() -> None:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(base, ignore_errors=True)
+
+    return port, stop
