@@ -22,6 +22,7 @@ import testinfra
 from testinfra.utils.ansible_runner import AnsibleRunner
 
 JOURNAL_LINES = 60
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def inventory_dir() -> str:
@@ -64,12 +65,18 @@ def converge(*args: str) -> PlaybookRun:
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "ANSIBLE_STDOUT_CALLBACK": "default", "ANSIBLE_NOCOLOR": "1"},
+        env={
+            **os.environ,
+            "ANSIBLE_STDOUT_CALLBACK": "default",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+        },
     )
-    output = proc.stdout + proc.stderr
+    stdout = ANSI.sub("", proc.stdout)
+    output = stdout + ANSI.sub("", proc.stderr)
     changed = {
         line.split()[0]: int(re.search(r"changed=(\d+)", line)[1])
-        for line in proc.stdout.splitlines()
+        for line in stdout.splitlines()
         if re.search(r"\bok=\d+.*changed=\d+", line)
     }
     return PlaybookRun(proc.returncode, output, changed)
