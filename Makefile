@@ -9,11 +9,19 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 s ?=
 
-.PHONY: help setup lint testbed molecule molecule-all test test-app
+.PHONY: help setup lint testbed molecule molecule-all test test-app up down
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  scenarios: $(SCENARIOS)"
+
+up: testbed ## Deploy the whole stack into local containers and print its URLs
+	ansible-playbook playbooks/local_env.yml -e local_env_image=$$(.config/testbed/build-image)
+	ansible-playbook playbooks/site.yml
+	ansible-playbook playbooks/local_summary.yml
+
+down: setup ## Remove everything `make up` created
+	ansible-playbook playbooks/local_env.yml -e local_env_state=absent
 
 setup: $(VENV)/.installed ## Create .venv with the pinned control-node tools (fast when up to date)
 
@@ -36,12 +44,8 @@ molecule: testbed ## Run one scenario's full `molecule test`: make molecule s=co
 	@test -n "$(s)" || { echo "usage: make molecule s=<scenario>  (one of: $(SCENARIOS))"; exit 2; }
 	TESTBED_IMAGE=$$(.config/testbed/build-image) molecule test -s $(s)
 
-molecule-all: testbed ## Run every Molecule scenario, one after the other
-	@for scenario in $(SCENARIOS); do \
-	    start=$$(date +%s); \
-	    TESTBED_IMAGE=$$(.config/testbed/build-image) molecule test -s $$scenario; \
-	    echo "scenario $$scenario passed in $$(( $$(date +%s) - start )) s"; \
-	done
+molecule-all: testbed ## Run every Molecule scenario, MOLECULE_JOBS (2) at a time; logs in .cache/molecule-logs
+	TESTBED_IMAGE=$$(.config/testbed/build-image) .config/testbed/molecule-all $(SCENARIOS)
 
 test-app: ## The app's tests against a real PostgreSQL and Redis
 	@if [[ -f app/Makefile ]]; then $(MAKE) -C app test; else echo "app/ has no tests yet"; fi

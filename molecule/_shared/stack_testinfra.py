@@ -50,16 +50,8 @@ class PlaybookRun:
         return any(self.changed.values())
 
 
-def converge(*args: str) -> PlaybookRun:
-    """Run the scenario's converge playbook again from the control node.
-
-    Used to prove check mode predicts no change, and that bad variables are rejected
-    before anything changes (`-e name=value` in args).
-    """
-    playbook = os.environ.get(
-        "SCENARIO_CONVERGE_PLAYBOOK",
-        str(Path(os.environ["MOLECULE_PROJECT_DIRECTORY"], "molecule/_shared/converge.yml")),
-    )
+def run_playbook(playbook: str, *args: str) -> PlaybookRun:
+    """Run a playbook against the scenario's inventory from the control node."""
     proc = subprocess.run(
         ["ansible-playbook", "-i", inventory_dir(), *args, playbook],
         capture_output=True,
@@ -80,6 +72,19 @@ def converge(*args: str) -> PlaybookRun:
         if re.search(r"\bok=\d+.*changed=\d+", line)
     }
     return PlaybookRun(proc.returncode, output, changed)
+
+
+def converge(*args: str) -> PlaybookRun:
+    """Run the scenario's converge playbook again from the control node.
+
+    Used to prove check mode predicts no change, and that bad variables are rejected
+    before anything changes (`-e name=value` in args).
+    """
+    playbook = os.environ.get(
+        "SCENARIO_CONVERGE_PLAYBOOK",
+        str(Path(os.environ["MOLECULE_PROJECT_DIRECTORY"], "molecule/_shared/converge.yml")),
+    )
+    return run_playbook(playbook, *args)
 
 
 def pytest_configure(config: pytest.Config) -> None:
