@@ -1,0 +1,188 @@
+"""Behaviour of the nginx role on a web host in front of a real app host.
+
+Control IDs (nginx-NN) name each check, the way hardening baselines do. Requests go to
+the web host's own loopback; the app runs on the other host.
+"""
+
+import json
+
+import pytest
+from stack_testinfra import converge, hosts_in
+
+testinfra_hosts = hosts_in("web")
+
+JOURNAL_UNITS = ["nginx", "prometheus-nginx-exporter"]
+HTTPS = "https://127.0.0.1"
+FINGERPRINTED = "/static/app.c96b20ee.js"
+SECURITY_HEADERS = {
+    "strict-transport-security": "max-age=63072000; includeSubDomains",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "strict-origin-when-cross-origin",
+}
+
+
+def fetch(host, url: str, *options: str) -> tuple[int, dict[str, list[str]], str]:
+    """Status, headers (lower-case names, every value) and body of one request."""
+    args = " ".join(options)
+    out = host.run(f"curl -sk -m 20 -D /dev/stderr {args} {url}")
+    assert out.rc == 0, out.stderr
+    blocks = [b for b in out.stderr.replace("\r", "").split("\n\n") if b.startswith("HTTP/")]
+    lines = blocks[-1].splitlines()
+    headers: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    return int(lines[0].split()[1]), headers, out.stdout
+
+
+def assert_security_headers(headers):
+    for name, value in SECURITY_HEADERS.items():
+        assert headers.get(name) == [value], (name, headers.get(name))
+    assert "content-security-policy" in headers
+
+
+def test_nginx_01_api_reaches_the_app(host):
+    code, headers, body = fetch(host, f"{HTTPS}/health/ready", "-H 'X-Request-ID: probe-123'")
+    assert code == 200, body
+    assert json.loads(body)["database"] == "ok"
+    assert headers["x-request-id"] == ["probe-123"]
+    code, headers, body = fetch(host, f"{HTTPS}/api/products/popular")
+    assert code == 200, body
+    assert isinstance(json.loads(body), list)
+    assert_security_headers(headers)
+    # The app's own metrics stay off the public server.
+    assert fetch(host, f"{HTTPS}/metrics")[0] == 404
+
+
+def test_nginx_02_fingerprinted_asset_is_immutable_with_security_headers(host):
+    code, headers, body = fetch(host, f"{HTTPS}{FINGERPRINTED}")
+    assert code == 200 and body
+    assert headers["cache-control"] == ["public, max-age=31536000, immutable"]
+    assert headers["vary"] == ["Accept-Encoding"]
+    assert headers["server"] == ["nginx"]  # server_tokens off: no version
+    assert_security_headers(headers)
+
+
+def test_nginx_03_other_static_files_revalidate_with_etag(host):
+    code, headers, _ = fetch(host, f"{HTTPS}/static/manifest.json")
+    assert code == 200
+    assert headers["cache-control"] == ["public, max-age=300, s-maxage=3600, must-revalidate"]
+    etag = headers["etag"][0]
+    code, headers, body = fetch(
+        host, f"{HTTPS}/static/manifest.json", f"-H 'If-None-Match: {etag}'"
+    )
+    assert code == 304 and body == ""
+    assert_security_headers(headers)
+
+
+def test_nginx_04_precompressed_gzip(host):
+    code, headers, _ = fetch(
+        host, f"{HTTPS}{FINGERPRINTED}", "-H 'Accept-Encoding: gzip'", "-o /tmp/asset.gz"
+    )
+    assert code == 200
+    assert headers["content-encoding"] == ["gzip"]
+    # Served from the .gz made at deploy (gzip_static), byte for byte.
+    assert host.run(f"cmp /tmp/asset.gz /var/www/shop/static/{FINGERPRINTED[8:]}.gz").rc == 0
+    original = host.file(f"/var/www/shop/static/{FINGERPRINTED[8:]}").content_string
+    assert host.run("gzip -dc /tmp/asset.gz").stdout == original
+
+
+def test_nginx_05_http_redirects_to_https(host):
+    code, headers, _ = fetch(host, "http://127.0.0.1/api/products?x=1")
+    assert code == 301
+    assert headers["location"] == ["https://127.0.0.1/api/products?x=1"]
+
+
+@pytest.mark.parametrize(
+    ("version", "accepted"), [("-tls1_1", False), ("-tls1_2", True), ("-tls1_3", True)]
+)
+def test_nginx_06_tls_versions(host, version, accepted):
+    # SECLEVEL=0 lets the client offer TLS 1.1, so a refusal is the server's.
+    out = host.run(
+        f"openssl s_client -connect 127.0.0.1:443 {version} -cipher 'DEFAULT:@SECLEVEL=0' "
+        "-servername nginx-web </dev/null 2>&1"
+    )
+    if accepted:
+        assert out.rc == 0, out.stdout[-1500:]
+        # "New, TLSv1.x, Cipher is ...": the version the handshake settled on.
+        wanted = version.removeprefix("-tls").replace("_", ".")
+        assert f"New, TLSv{wanted}, Cipher is" in out.stdout, out.stdout[-1500:]
+    else:
+        assert out.rc != 0
+        assert "protocol version" in out.stdout or "no protocols available" in out.stdout
+
+
+def test_nginx_07_no_session_tickets(host):
+    out = host.run("openssl s_client -connect 127.0.0.1:443 -tls1_2 </dev/null 2>&1")
+    assert out.rc == 0
+    assert "TLS session ticket:" not in out.stdout
+
+
+def test_nginx_08_errors_carry_the_security_headers(host):
+    code, headers, _ = fetch(host, f"{HTTPS}/no-such-page")
+    assert code == 404
+    assert_security_headers(headers)
+    assert host.file("/etc/nginx/sites-enabled/default").exists is False
+
+
+def test_nginx_09_limits(host):
+    # The body limit first: a full rate bucket would answer 429 before the body is read.
+    big = host.run(
+        "head -c 2000000 /dev/zero | curl -sk -o /dev/null -w '%{http_code}' "
+        f"--data-binary @- {HTTPS}/api/users"
+    )
+    assert big.stdout == "413"
+    burst = (
+        "seq 60 | xargs -P 20 -I{} curl -sk -o /dev/null -w '%{http_code}\\n' "
+        f"{HTTPS}/health/live"
+    )
+    codes = host.run(burst).stdout.split()
+    assert "200" in codes and "429" in codes, sorted(set(codes))
+
+
+def test_nginx_10_stub_status_and_exporter(host):
+    out = host.run("curl -s -m 5 http://127.0.0.1:8080/stub_status")
+    assert "Active connections" in out.stdout
+    address = host.ansible("setup", "filter=ansible_default_ipv4", check=False)["ansible_facts"][
+        "ansible_default_ipv4"
+    ]["address"]
+    assert host.run(f"curl -s -m 5 http://{address}:8080/stub_status").rc != 0
+    metrics = host.run(f"curl -s -m 10 http://{address}:9113/metrics").stdout
+    assert "nginx_up 1" in metrics
+
+
+def test_nginx_11_bad_value_fails_while_the_old_config_serves(host):
+    before = host.file("/etc/nginx/nginx.conf").content_string
+    run = converge("-e", "nginx_client_max_body_size=10XB")
+    assert run.returncode != 0
+    assert '"client_max_body_size" directive invalid value' in run.output, run.output[-3000:]
+    assert host.file("/etc/nginx/nginx.conf").content_string == before
+    assert fetch(host, f"{HTTPS}/health/live")[0] == 200
+    assert host.run("nginx -t").rc == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("nginx_upstream_keepalive_timeout=90", "must stay below the app's"),
+        ("nginx_worker_connections=16000", "at most half of"),
+        (
+            json.dumps(
+                {
+                    "nginx_limit_req_zones": [
+                        {"name": "api", "key": "k", "size": "1m", "rate": "fast"}
+                    ]
+                }
+            ),
+            "rate like 20r/s",
+        ),
+        ("nginx_limit_conn_zone=nope", "must name zones"),
+        ("nginx_stub_status_port=443", "apart from 80, 443"),
+    ],
+)
+def test_nginx_12_bad_variables_fail_before_any_change(extra, message):
+    run = converge("-e", extra)
+    assert run.returncode != 0
+    assert message in run.output, run.output[-3000:]
+    assert not run.any_changed, run.changed
