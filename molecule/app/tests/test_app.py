@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from stack_testinfra import converge
+from stack_testinfra import assert_refused, converge
 
 JOURNAL_UNITS = ["shop.service", "shop.socket"]
 LOCAL = "http://127.0.0.1:8000"
@@ -255,7 +255,4 @@ def test_app_09_new_release_reloads_and_rollback_returns(host, changed_source):
     ],
 )
 def test_app_10_bad_variables_fail_before_any_change(extra, message):
-    run = converge("-e", extra)
-    assert run.returncode != 0
-    assert message in run.output, run.output[-3000:]
-    assert not run.any_changed, run.changed
+    assert_refused("-e", extra, message=message)
