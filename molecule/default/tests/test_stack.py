@@ -1,0 +1,328 @@
+"""The whole stack, end to end through nginx, as a user and an operator see it.
+
+Control IDs (stack-NN) name each check. Requests start on web1 and go to its loopback
+(nginx on 443), so every one crosses nginx -> app -> PgBouncer -> PostgreSQL / Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from stack_testinfra import converge, run_playbook
+
+testinfra_hosts = ["web1"]
+JOURNAL_UNITS = ["nginx"]
+APP_HOSTS = ["app1", "app2"]
+PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+SITE = "https://127.0.0.1"
+CURL = "curl -sk --max-time 20"
+# Label values may hold braces themselves (route="/api/users/{user_id}").
+METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? ([-+0-9.eE]+|NaN|[+-]Inf)$")
+
+
+def get(
+    host, path: str, headers: tuple[str, ...] = (), body: bool = True
+) -> tuple[int, dict[str, str], str]:
+    """GET through nginx on web1; returns status, lower-cased headers and body (text; pass
+    body=False for a compressed or binary one)."""
+    head = " ".join(f"-H '{h}'" for h in headers)
+    out = host.run(f"{CURL} -D /dev/stderr {'' if body else '-o /dev/null'} {head} '{SITE}{path}'")
+    assert out.rc == 0, out.stderr
+    blocks = [b for b in out.stderr.replace("\r", "").split("\n\n") if b.startswith("HTTP/")]
+    lines = blocks[-1].splitlines()
+    status = int(lines[0].split()[1])
+    found = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        found[name.strip().lower()] = value.strip()
+    return status, found, out.stdout
+
+
+def get_json(host, path: str):
+    status, _, body = get(host, path)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def metric_sum(scenario_host, name: str, **labels: str) -> float:
+    """Sum of one metric over both app hosts, read from each host's /metrics."""
+    total = 0.0
+    for app in APP_HOSTS:
+        total += host_metric(scenario_host(app), name, **labels)
+    return total
+
+
+def host_metric(app_host, name: str, **labels: str) -> float:
+    out = app_host.run("curl -s --max-time 10 http://127.0.0.1:8000/metrics")
+    assert out.rc == 0, out.stderr
+    total = 0.0
+    for line in out.stdout.splitlines():
+        match = METRIC_LINE.match(line)
+        if not match or match[1] != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match[2] or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match[3])
+    return total
+
+
+def release_of(app_host) -> str:
+    out = app_host.run("curl -s --max-time 10 http://127.0.0.1:8000/health/live")
+    assert out.rc == 0, out.stderr
+    return json.loads(out.stdout)["release"]
+
+
+def test_stack_01_static_asset_arrives_with_cache_headers(host):
+    manifest = get_json(host, "/static/manifest.json")
+    css = next(v for k, v in manifest.items() if k.endswith(".css"))
+    status, headers, _ = get(host, f"/static/{css}", ("Accept-Encoding: gzip",), body=False)
+    assert status == 200
+    assert headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert headers.get("content-encoding") == "gzip"
+    assert "accept-encoding" in headers.get("vary", "").lower()
+    assert headers.get("x-content-type-options") == "nosniff"
+    assert headers.get("strict-transport-security", "").startswith("max-age=")
+
+
+def test_stack_02_reads_go_through_pgbouncer_then_redis(host, scenario_host, hostvars):
+    db = scenario_host("db1")
+    stats_password = hostvars("db1")["vault_pgbouncer_stats_password"]
+    address = db.run("hostname -I").stdout.split()[0]
+
+    def pgbouncer_transactions() -> int:
+        out = db.run(
+            "PGPASSWORD=%s psql -h %s -p 6432 -U pgbouncer_stats -d pgbouncer -AF, -c 'SHOW STATS'",
+            stats_password,
+            address,
+        )
+        assert out.rc == 0, out.stderr
+        rows = [line.split(",") for line in out.stdout.splitlines() if "," in line]
+        header, data = rows[0], rows[1:]
+        return sum(int(row[header.index("total_xact_count")]) for row in data if row[0] == "shop")
+
+    before = pgbouncer_transactions()
+    user = get_json(host, "/api/users/1")
+    assert set(user) == {"id", "name"}
+    assert pgbouncer_transactions() > before, "the read did not pass PgBouncer"
+
+    hits = metric_sum(scenario_host, "shop_cache_requests_total", result="hit")
+    first = get_json(host, "/api/products/popular?limit=5")
+    second = get_json(host, "/api/products/popular?limit=5")
+    assert first == second and len(first) == 5
+    assert metric_sum(scenario_host, "shop_cache_requests_total", result="hit") > hits
+
+
+def test_stack_03_an_order_is_written(host):
+    body = '{"user_id": 1, "items": [{"product_id": 1, "quantity": 2}]}'
+    out = host.run(
+        f"{CURL} -o /dev/stderr -w '%{{http_code}}' -H 'Content-Type: application/json' "
+        f"-d '{body}' {SITE}/api/orders"
+    )
+    assert out.stdout == "201", out.stderr
+    order = json.loads(out.stderr)
+    assert order["id"] > 0
+    orders = get_json(host, "/api/users/1/orders")
+    assert order["id"] in [o["id"] for o in orders["orders"]]
+
+
+def test_stack_04_both_app_hosts_receive_traffic(host, scenario_host):
+    def served() -> dict[str, float]:
+        route = "/api/users/{user_id}"
+        return {
+            app: host_metric(scenario_host(app), "http_requests_total", route=route)
+            for app in APP_HOSTS
+        }
+
+    before = served()
+    for user_id in range(1, 21):
+        get_json(host, f"/api/users/{user_id}")
+    after = served()
+    assert all(after[a] > before[a] for a in APP_HOSTS), (before, after)
+
+
+def test_stack_05_prometheus_sees_every_target_up(scenario_host):
+    mon = scenario_host("mon1")
+    # Prometheus listens on the host's private address only.
+    address = mon.run("hostname -I").stdout.split()[0]
+    deadline = time.monotonic() + 180
+    while True:
+        out = mon.run(f"curl -s --max-time 10 http://{address}:9090/api/v1/targets")
+        assert out.rc == 0, out.stderr
+        targets = json.loads(out.stdout)["data"]["activeTargets"]
+        down = [
+            (t["labels"]["job"], t["labels"].get("instance"), t["lastError"])
+            for t in targets
+            if t["health"] != "up"
+        ]
+        if not down or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    jobs = {t["labels"]["job"] for t in targets}
+    assert {"node", "app"} <= jobs, jobs
+    assert not down, down
+
+
+# A bounded load on web1's loopback: 4 threads, a new connection per request, until the
+# test creates the stop file (or 600 s pass). Counts every non-200 or error as failed.
+LOAD_DIR = "/root/stack-load"
+LOAD_SCRIPT = r"""
+import http.client, json, os, ssl, sys, threading, time
+ctx = ssl._create_unverified_context()
+paths = ["/api/products/popular?limit=5", "/api/users/7", "/health/live"]
+stop_file, deadline = "stop", time.monotonic() + 600
+counts = {"total": 0, "failed": 0, "errors": [], "releases": []}
+lock = threading.Lock()
+
+def worker(n):
+    i = n
+    while not os.path.exists(stop_file) and time.monotonic() < deadline:
+        # Paced under nginx's per-IP limit_req (20 r/s): this measures the deploy, not the limiter.
+        time.sleep(0.25)
+        path = paths[i % len(paths)]
+        i += 1
+        try:
+            conn = http.client.HTTPSConnection("127.0.0.1", 443, context=ctx, timeout=30)
+            conn.request("GET", path, headers={"Connection": "close"})
+            resp = conn.getresponse()
+            body = resp.read()
+            conn.close()
+            ok, what = resp.status == 200, f"{resp.status} {path}"
+        except Exception as exc:
+            ok, body, what = False, b"", f"{type(exc).__name__} {path}: {exc}"
+        with lock:
+            counts["total"] += 1
+            if not ok:
+                counts["failed"] += 1
+                counts["errors"] = (counts["errors"] + [what])[-20:]
+            elif path == "/health/live":
+                release = json.loads(body)["release"]
+                if release not in counts["releases"]:
+                    counts["releases"].append(release)
+
+threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+with open("load.json.partial", "w") as f:
+    json.dump(counts, f)
+os.rename("load.json.partial", "load.json")
+"""
+
+
+@pytest.fixture(scope="module")
+def new_release_source(tmp_path_factory):
+    """A copy of app/ with a code change: what a developer's next commit looks like."""
+    src = tmp_path_factory.mktemp("next") / "app"
+    shutil.copytree(
+        PROJECT / "app",
+        src,
+        ignore=shutil.ignore_patterns(".venv", "dist", "__pycache__", ".*_cache"),
+    )
+    (src / ".venv").symlink_to(PROJECT / "app" / ".venv")
+    init = src / "src" / "shop" / "__init__.py"
+    init.write_text(init.read_text() + "\n# next release\n")
+    # and a style change: a new fingerprinted stylesheet, as `make -C app fingerprint` makes.
+    css = src / "assets" / "app.css"
+    css.write_text(css.read_text() + "\n/* next release */\n")
+    made = subprocess.run(
+        ["make", "-s", "-C", str(src), "fingerprint"], capture_output=True, text=True, check=False
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    return src
+
+
+def test_stack_06_rolling_deploy_drops_no_request(host, scenario_host, new_release_source):
+    old = {a: release_of(scenario_host(a)) for a in APP_HOSTS}
+    assert len(set(old.values())) == 1, old
+    old_css = get_json(host, "/static/manifest.json")["app.css"]
+    new_css = json.loads((new_release_source / "static" / "manifest.json").read_text())["app.css"]
+    assert new_css != old_css
+
+    host.run(f"rm -rf {LOAD_DIR} && mkdir -p {LOAD_DIR}")
+    host.run(f"cat > {LOAD_DIR}/load.py <<'EOF'\n{LOAD_SCRIPT}\nEOF")
+    started = host.run(
+        f"systemd-run --unit=stack-load --working-directory={LOAD_DIR} "
+        "--property=RuntimeMaxSec=700 python3 load.py"
+    )
+    assert started.rc == 0, started.stderr
+    try:
+        time.sleep(5)
+        deploy = run_playbook(
+            str(PROJECT / "playbooks/deploy.yml"), "-e", f"app_source_dir={new_release_source}"
+        )
+        time.sleep(5)
+    finally:
+        host.run(f"touch {LOAD_DIR}/stop")
+    for _ in range(60):
+        if host.file(f"{LOAD_DIR}/load.json").exists:
+            break
+        time.sleep(1)
+    load = json.loads(host.file(f"{LOAD_DIR}/load.json").content_string)
+    print("load during the deploy:", json.dumps(load))
+    assert deploy.returncode == 0, deploy.output[-6000:]
+
+    new = {a: release_of(scenario_host(a)) for a in APP_HOSTS}
+    assert len(set(new.values())) == 1 and set(new.values()) != set(old.values()), (old, new)
+    assert load["total"] > 50, load
+    assert load["failed"] == 0, load
+    # The load saw the switch happen: the old release answered, then the new one.
+    assert load["releases"][0] == old["app1"] and load["releases"][-1] == new["app1"], load
+
+    # The release's new stylesheet is cached for good; pages of the old release still
+    # find theirs.
+    assert get_json(host, "/static/manifest.json")["app.css"] == new_css
+    status, headers, _ = get(host, f"/static/{new_css}")
+    assert status == 200
+    assert headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert get(host, f"/static/{old_css}")[0] == 200
+
+    # Rollback is the documented way back, and it leaves the stack as converged.
+    back = run_playbook(str(PROJECT / "playbooks/deploy.yml"), "-e", "app_rollback=true")
+    assert back.returncode == 0, back.output[-6000:]
+    assert {a: release_of(scenario_host(a)) for a in APP_HOSTS} == old
+
+
+def test_stack_07_backup_then_restore_brings_the_data_back(host, scenario_host):
+    db = scenario_host("db1")
+    count = "runuser -u postgres -- psql -d shop -tAc 'SELECT count(*) FROM orders'"
+    backup = run_playbook(str(PROJECT / "playbooks/backup.yml"))
+    assert backup.returncode == 0, backup.output[-6000:]
+    before = int(db.run(count).stdout)
+
+    body = '{"user_id": 2, "items": [{"product_id": 3, "quantity": 1}]}'
+    out = host.run(
+        f"{CURL} -o /dev/null -w '%{{http_code}}' -H 'Content-Type: application/json' "
+        f"-d '{body}' {SITE}/api/orders"
+    )
+    assert out.stdout == "201"
+    assert int(db.run(count).stdout) == before + 1
+
+    restore = run_playbook(str(PROJECT / "playbooks/restore.yml"), "-e", "restore_dump=latest")
+    assert restore.returncode == 0, restore.output[-6000:]
+    assert int(db.run(count).stdout) == before
+    assert get_json(host, "/health/ready")["database"] == "ok"
+
+
+def test_stack_08_a_broken_connection_budget_is_refused_before_any_change():
+    run = converge("-e", "pgbouncer_max_client_conn=10")
+    assert run.returncode != 0
+    assert "pgbouncer_max_client_conn" in run.output, run.output[-4000:]
+    assert not run.any_changed, run.changed
+
+
+@pytest.mark.parametrize(("target", "port"), [("db1", 6432), ("cache1", 6379)])
+def test_stack_09_only_app_hosts_reach_pgbouncer_and_redis(scenario_host, target, port):
+    # PgBouncer and Redis have no address rules of their own: common's firewall keeps
+    # every host but the app hosts out.
+    address = scenario_host(target).run("hostname -I").stdout.split()[0]
+    probe = f"timeout 5 bash -c '</dev/tcp/{address}/{port}'"
+    assert scenario_host("app1").run(probe).rc == 0
+    assert scenario_host("web1").run(probe).rc != 0
