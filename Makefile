@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 s ?=
 
-.PHONY: help setup lint testbed molecule molecule-all test test-app up down
+.PHONY: help packages setup lint testbed molecule molecule-all test test-app up down
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ up: testbed ## Deploy the whole stack into local containers and print its URLs
 
 down: setup ## Remove everything `make up` created
 	ansible-playbook playbooks/local_env.yml -e local_env_state=absent
+
+packages: ## Install the Debian packages this machine needs (as root on Debian), or say which
+	.config/testbed/ensure-packages
 
 setup: $(VENV)/.installed ## Create .venv with the pinned control-node tools (fast when up to date)
 
@@ -36,7 +39,7 @@ lint: setup ## yamllint, ansible-lint (profile production) and ruff
 	ruff check .
 	ruff format --check .
 
-testbed: setup ## Make sure Docker answers and the base image for test hosts exists
+testbed: packages setup ## Make sure Docker answers and the base image for test hosts exists
 	.config/testbed/ensure-docker
 	.config/testbed/build-image >/dev/null
 
@@ -47,7 +50,7 @@ molecule: testbed ## Run one scenario's full `molecule test`: make molecule s=co
 molecule-all: testbed ## Run every Molecule scenario, MOLECULE_JOBS (2) at a time; logs in .cache/molecule-logs
 	TESTBED_IMAGE=$$(.config/testbed/build-image) .config/testbed/molecule-all $(SCENARIOS)
 
-test-app: ## The app's tests against a real PostgreSQL and Redis
+test-app: packages ## The app's tests against a real PostgreSQL and Redis
 	@if [[ -f app/Makefile ]]; then $(MAKE) -C app test; else echo "app/ has no tests yet"; fi
 
-test: lint test-app molecule-all ## Everything CI runs: lint, app tests, every scenario
+test: packages lint test-app molecule-all ## Everything CI runs: lint, app tests, every scenario
