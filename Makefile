@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 s ?=
 
-.PHONY: help packages setup lint testbed molecule molecule-all test test-app up down
+.PHONY: help packages setup lock-tools lint testbed molecule molecule-all test test-app up down
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -28,10 +28,15 @@ packages: ## Install the Debian packages this machine needs (as root on Debian),
 
 setup: $(VENV)/.installed ## Create .venv with the pinned control-node tools (fast when up to date)
 
-$(VENV)/.installed: .config/requirements.txt
+$(VENV)/.installed: .config/requirements.lock
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -r .config/requirements.txt
+	$(VENV)/bin/pip install -q --disable-pip-version-check --require-hashes -r .config/requirements.lock
 	touch $@
+
+lock-tools: ## Re-pin .config/requirements.lock (hashes) from .config/requirements.in; needs PyPI
+	python3 -m venv .cache/uv && .cache/uv/bin/pip install -q --disable-pip-version-check uv
+	.cache/uv/bin/uv pip compile .config/requirements.in --generate-hashes --no-header --quiet \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 -o .config/requirements.lock
 
 lint: setup ## yamllint, ansible-lint (profile production) and ruff
 	yamllint --strict .

@@ -87,18 +87,18 @@ def converge(*args: str) -> PlaybookRun:
     return run_playbook(playbook, *args)
 
 
-def assert_refused(*args: str, message: str, skip_tags: str = "common") -> PlaybookRun:
+def assert_refused(*args: str, message: str) -> PlaybookRun:
     """Converge with bad input (`-e name=value` in args) and prove it is refused.
 
-    The run must fail, say `message`, and change nothing. The tags in `skip_tags` (the
-    roles applied before the one under test, whose own preflight still runs: it is tagged
-    `always`) are skipped to keep the run short; the role under test runs in full, so a
-    check placed after a task that changes something would show up as a change.
+    The run must fail, say `message`, and change nothing. The converge playbooks (the
+    shared one and site.yml) check every role's variables on every host in their first
+    play, so a refusal must come from that play: the output holds no second play.
     """
-    run = converge(*(("--skip-tags", skip_tags) if skip_tags else ()), *args)
+    run = converge(*args)
     assert run.returncode != 0, run.output[-3000:]
     assert message in run.output, run.output[-3000:]
     assert not run.any_changed, run.changed
+    assert run.output.count("PLAY [") == 1, "refused after the first play:\n" + run.output[-3000:]
     return run
 
 

@@ -139,4 +139,4 @@ def extra_service(**fields) -> str:
     ],
 )
 def test_common_12_bad_variables_fail_before_any_change(extra, message):
-    assert_refused("-e", extra, message=message, skip_tags="")
+    assert_refused("-e", extra, message=message)

@@ -183,4 +183,4 @@ def test_nginx_11_bad_value_fails_while_the_old_config_serves(host):
 )
 def test_nginx_12_bad_variables_fail_before_any_change(extra, message):
     # The app host's role is not what is tested here (its preflight still runs).
-    assert_refused("-e", extra, message=message, skip_tags="common,app")
+    assert_refused("-e", extra, message=message)

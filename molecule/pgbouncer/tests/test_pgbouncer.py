@@ -170,4 +170,4 @@ def test_pgbouncer_06_exporter_answers(host):
 )
 def test_pgbouncer_07_bad_variables_fail_before_any_change(extra, message):
     # No --limit: the pool sizes come from the app hosts' facts.
-    assert_refused("-e", extra, message=message, skip_tags="common,postgresql")
+    assert_refused("-e", extra, message=message)

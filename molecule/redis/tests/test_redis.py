@@ -253,7 +253,7 @@ def test_redis_12_unit_keeps_its_sandbox_except_user_namespace_in_containers(hos
     ],
 )
 def test_redis_13_bad_variables_fail_before_any_change(extra, message):
-    assert_refused(*REDIS_ONLY, "-e", extra, message=message, skip_tags="")
+    assert_refused(*REDIS_ONLY, "-e", extra, message=message)
 
 
 def test_redis_14_setting_redis_rejects_leaves_running_server_alone(host, admin_cli):
