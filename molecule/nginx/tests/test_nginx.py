@@ -1,15 +1,23 @@
 """Behaviour of the nginx role on a web host in front of a real app host.
 
 Control IDs (nginx-NN) name each check, the way hardening baselines do. Requests go to
-the web host's own loopback; the app runs on the other host.
+the web host's own loopback; the app runs on the other host, with its data tier.
 """
 
 import json
+import os
+import time
+from pathlib import Path
 
 import pytest
-from stack_testinfra import assert_refused, converge, hosts_in
+from stack_testinfra import assert_refused, converge, hosts_in, run_playbook
 
 testinfra_hosts = hosts_in("web")
+
+# Roles of the scenario other than nginx: their preflight still runs when they are skipped.
+OTHER_ROLES = "common,postgresql,pgbouncer,redis,app"
+DRAIN_PLAYBOOK = str(Path(os.environ["MOLECULE_PROJECT_DIRECTORY"], "molecule/nginx/drain.yml"))
+UPSTREAM_SERVERS = "/etc/nginx/shop_app_servers.conf"
 
 JOURNAL_UNITS = ["nginx", "prometheus-nginx-exporter"]
 HTTPS = "https://127.0.0.1"
@@ -154,7 +162,7 @@ def test_nginx_10_stub_status_and_exporter(host):
 
 def test_nginx_11_bad_value_fails_while_the_old_config_serves(host):
     before = host.file("/etc/nginx/nginx.conf").content_string
-    run = converge("-e", "nginx_client_max_body_size=10XB")
+    run = converge("--skip-tags", OTHER_ROLES, "-e", "nginx_client_max_body_size=10XB")
     assert run.returncode != 0
     assert '"client_max_body_size" directive invalid value' in run.output, run.output[-3000:]
     assert host.file("/etc/nginx/nginx.conf").content_string == before
@@ -182,5 +190,61 @@ def test_nginx_11_bad_value_fails_while_the_old_config_serves(host):
     ],
 )
 def test_nginx_12_bad_variables_fail_before_any_change(extra, message):
-    # The app host's role is not what is tested here (its preflight still runs).
     assert_refused("-e", extra, message=message)
+
+
+def drain(*hosts: str):
+    return run_playbook(DRAIN_PLAYBOOK, "-e", json.dumps({"nginx_upstream_drained": list(hosts)}))
+
+
+def nginx_pid(host) -> str:
+    return host.run("systemctl show -p MainPID --value nginx").stdout.strip()
+
+
+def wait_for_status(host, url: str, wanted: int, timeout: float = 30.0) -> int:
+    """Poll (under the scenario's rate limit) until url answers wanted; the last status."""
+    deadline = time.monotonic() + timeout
+    status = fetch(host, url)[0]
+    while status != wanted and time.monotonic() < deadline:
+        time.sleep(1)
+        status = fetch(host, url)[0]
+    return status
+
+
+def test_nginx_13_drain_takes_the_app_host_out_and_puts_it_back(host):
+    (app,) = hosts_in("app")
+    written = host.file(UPSTREAM_SERVERS).content_string
+    pid = nginx_pid(host)
+    try:
+        run = drain(app)
+        assert run.returncode == 0, run.output[-4000:]
+        assert run.any_changed, run.changed
+        servers = [
+            line
+            for line in host.file(UPSTREAM_SERVERS).content_string.splitlines()
+            if line.startswith("server ")
+        ]
+        assert len(servers) == 1 and servers[0].endswith(" down;"), servers
+        assert host.run("nginx -t").rc == 0
+        # The running nginx took it: its only app host is out, so nginx itself answers 502
+        # for the app's paths and still serves static files.
+        assert wait_for_status(host, f"{HTTPS}/health/live", 502) == 502
+        assert fetch(host, f"{HTTPS}{FINGERPRINTED}")[0] == 200
+    finally:
+        back = drain()
+    assert back.returncode == 0, back.output[-4000:]
+    # Back to what a run of the role writes, so that run has nothing to do.
+    assert host.file(UPSTREAM_SERVERS).content_string == written
+    assert wait_for_status(host, f"{HTTPS}/health/live", 200) == 200
+    # Reloaded both times, never stopped: the same master process.
+    assert nginx_pid(host) == pid
+    assert host.service("nginx").is_running
+
+
+def test_nginx_14_drain_refuses_a_host_outside_the_app_group(host):
+    before = host.file(UPSTREAM_SERVERS).content_string
+    run = drain("nginx-web")
+    assert run.returncode != 0
+    assert "must be a list of hosts of the `app`" in run.output, run.output[-3000:]
+    assert not run.any_changed, run.changed
+    assert host.file(UPSTREAM_SERVERS).content_string == before
