@@ -265,12 +265,24 @@ def check_option(role: Role, label: str, option: dict, value: Any, in_defaults: 
 
 def last_line(lines: list[str], node: yaml.Node) -> int:
     """Index of the last line of a value, without the blank lines and comments after it."""
-    end = node.end_mark.line if node.end_mark.column > 0 else node.end_mark.line - 1
+    end = value_end(node)
     while end > node.start_mark.line and (
         not lines[end].strip() or lines[end].lstrip().startswith("#")
     ):
         end -= 1
     return end
+
+
+def value_end(node: yaml.Node) -> int:
+    """The line a value ends on. A block collection's end mark is where the next token
+    starts, and a block scalar's is the start of the line after it: neither is its end."""
+    if isinstance(node, yaml.ScalarNode):
+        block = node.style in (">", "|")
+        return node.end_mark.line - 1 if block and node.end_mark.column == 0 else node.end_mark.line
+    if node.flow_style or not node.value:
+        return node.end_mark.line
+    last = node.value[-1]
+    return value_end(last[1] if isinstance(last, tuple) else last)
 
 
 def unsafe_marks(node: yaml.Node) -> list[tuple[int, int]]:
@@ -487,7 +499,8 @@ def generated_readme(text: str, entry_points: dict) -> str | None:
     stop = next((i for i in headings if i > start), len(lines))
     while stop > start + 1 and not lines[stop - 1].strip():
         stop -= 1
-    return "\n".join([*lines[:stop], "", table, "", *lines[stop:]]).rstrip("\n") + "\n"
+    rest = ["", *lines[stop:]] if lines[stop:] and lines[stop].strip() else lines[stop:]
+    return "\n".join([*lines[:stop], "", table, *rest]).rstrip("\n") + "\n"
 
 
 def task_tags(role: Role) -> set[str]:
