@@ -164,7 +164,7 @@ def plain(value: Any) -> Any:
 
 def short(value: Any) -> str:
     """A value as one line of YAML, for messages and the README."""
-    text = yaml.dump(plain(value), Dumper=yaml.SafeDumper, default_flow_style=True, width=1 << 30)
+    text = yaml.dump(plain(value), default_flow_style=True, sort_keys=False, width=1 << 30)
     return text.strip().removesuffix("...").strip()
 
 
@@ -329,7 +329,9 @@ def copied_default(
 
 
 def dumped_default(value: Any, column: int) -> list[str]:
-    text = yaml.dump(as_unsafe(value), Dumper=Dumper, default_flow_style=True, width=1 << 30)
+    text = yaml.dump(
+        as_unsafe(value), Dumper=Dumper, default_flow_style=True, sort_keys=False, width=1 << 30
+    )
     return [" " * column + "default: " + text.strip().removesuffix("...").strip()]
 
 
