@@ -314,10 +314,9 @@ def copied_default(
     shift = " " * (column - key.start_mark.column)
     block_scalar = isinstance(value, yaml.ScalarNode) and value.style in (">", "|")
     body = []
-    for line_no in range(start.line, end + 1):
+    # A value that starts on the key's line has that part in `first`, below.
+    for line_no in range(start.line + (start.line == key.start_mark.line), end + 1):
         text = lines[line_no][: end_column if line_no == end and end_column is not None else None]
-        if line_no == start.line and start.line == key.start_mark.line:
-            continue
         if not block_scalar and text.lstrip().startswith("#"):
             continue
         body.append(f"{shift}{text}".rstrip() if text.strip() else "")
@@ -351,6 +350,15 @@ def option_edit(lines: list[str], option: yaml.MappingNode) -> tuple[int, int] |
     return last_line(lines, last_value) + 1, last_line(lines, last_value) + 1
 
 
+@dataclass
+class Source:
+    """defaults/main.yml as data, as nodes and as lines."""
+
+    values: dict
+    node: yaml.Node | None
+    lines: list[str]
+
+
 def fix_specs(role: Role) -> None:
     loaded = load_role(role)
     if loaded is None:
@@ -373,15 +381,6 @@ def fix_specs(role: Role) -> None:
     text = "\n".join(lines) + "\n"
     if text != spec_path.read_text():
         spec_path.write_text(text)
-
-
-@dataclass
-class Source:
-    """defaults/main.yml as data, as nodes and as lines."""
-
-    values: dict
-    node: yaml.Node | None
-    lines: list[str]
 
 
 def wanted(entry: str, name: str, fixed: dict, source: Source) -> bool:
