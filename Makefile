@@ -15,10 +15,8 @@ help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  scenarios: $(SCENARIOS)"
 
-up: testbed ## Deploy the whole stack into local containers and print its URLs
-	ansible-playbook playbooks/local_env.yml -e local_env_image=$$(.config/testbed/build-image)
-	ansible-playbook playbooks/site.yml
-	ansible-playbook playbooks/local_summary.yml
+up: packages setup ## Deploy the whole stack into local containers and print its URLs
+	.config/testbed/up
 
 down: setup ## Remove everything `make up` created
 	ansible-playbook playbooks/local_env.yml -e local_env_state=absent
@@ -43,6 +41,7 @@ lint: setup ## yamllint, ansible-lint (profile production) and ruff
 	ansible-lint
 	ruff check .
 	ruff format --check .
+	.config/lint/check_argument_specs.py
 
 testbed: packages setup ## Make sure Docker answers and the base image for test hosts exists
 	.config/testbed/ensure-docker

@@ -14,14 +14,16 @@ import time
 from pathlib import Path
 
 import pytest
-from stack_testinfra import assert_refused, converge
+from stack_testinfra import assert_refused, converge, hosts_in
+
+testinfra_hosts = hosts_in("app")
 
 JOURNAL_UNITS = ["shop.service", "shop.socket"]
 LOCAL = "http://127.0.0.1:8000"
 CURRENT = "/opt/shop/current"
-# The roles applied before the app's. Converges in these tests skip the data tier's tasks
-# (its preflight still runs): the app is what changes here.
-DATA_TIER = "postgresql,pgbouncer,redis"
+# The scenario's other roles. Converges in these tests skip their tasks (every role's
+# preflight still runs first): the app is what changes here.
+OTHER_ROLES = "postgresql,pgbouncer,redis,nginx"
 REQUESTS_TOTAL = re.compile(r"^http_requests_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$")
 
 
@@ -69,7 +71,7 @@ def requests_served(host, route: str) -> float:
 
 
 def app_converge(*args: str):
-    return converge("--skip-tags", DATA_TIER, *args)
+    return converge("--skip-tags", OTHER_ROLES, *args)
 
 
 def converged(*args: str):

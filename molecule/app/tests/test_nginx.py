@@ -16,7 +16,7 @@ testinfra_hosts = hosts_in("web")
 
 # Roles of the scenario other than nginx: their preflight still runs when they are skipped.
 OTHER_ROLES = "common,postgresql,pgbouncer,redis,app"
-DRAIN_PLAYBOOK = str(Path(os.environ["MOLECULE_PROJECT_DIRECTORY"], "molecule/nginx/drain.yml"))
+DRAIN_PLAYBOOK = str(Path(os.environ["MOLECULE_PROJECT_DIRECTORY"], "molecule/app/drain.yml"))
 UPSTREAM_SERVERS = "/etc/nginx/shop_app_servers.conf"
 
 JOURNAL_UNITS = ["nginx", "prometheus-nginx-exporter"]
@@ -109,7 +109,7 @@ def test_nginx_06_tls_versions(host, version, accepted):
     # SECLEVEL=0 lets the client offer TLS 1.1, so a refusal is the server's.
     out = host.run(
         f"openssl s_client -connect 127.0.0.1:443 {version} -cipher 'DEFAULT:@SECLEVEL=0' "
-        "-servername nginx-web </dev/null 2>&1"
+        "-servername app-web </dev/null 2>&1"
     )
     if accepted:
         assert out.rc == 0, out.stdout[-1500:]
@@ -243,7 +243,7 @@ def test_nginx_13_drain_takes_the_app_host_out_and_puts_it_back(host):
 
 def test_nginx_14_drain_refuses_a_host_outside_the_app_group(host):
     before = host.file(UPSTREAM_SERVERS).content_string
-    run = drain("nginx-web")
+    run = drain("app-web")
     assert run.returncode != 0
     assert "must be a list of hosts of the `app`" in run.output, run.output[-3000:]
     assert not run.any_changed, run.changed
