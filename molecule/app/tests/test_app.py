@@ -256,7 +256,10 @@ def test_app_09_new_release_reloads_and_rollback_returns(host, changed_source):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ("app_workers=500", "pgbouncer_max_client_conn"),
+        (
+            json.dumps({"app_workers": 500, "pgbouncer_max_client_conn": 1000}),
+            "pgbouncer_max_client_conn",
+        ),
         ("app_port=70000", "app_port 1-65535"),
         ("vault_db_app_password=short", "vault_db_app_password"),
         ("app_releases_keep=1", "app_releases_keep >= 2"),

@@ -1,10 +1,12 @@
 """Behaviour of the prometheus and grafana roles on a monitoring host watching a host that
-runs every kind of exporter (node, nginx, postgres, pgbouncer, redis).
+runs the real data-tier roles (postgresql, pgbouncer, redis) with their exporters, and the
+node exporter on both.
 
 Control IDs: prometheus-NN and grafana-NN. Everything is checked against the live
 Prometheus; the Grafana server itself cannot run here (its APT repository is not
 reachable from the test bed), so its start is the one check that is skipped, with the
-reason; its configuration, provisioning and dashboards are checked for real.
+reason; its configuration, provisioning and dashboards are checked for real. nginx and
+the app have no host here: their jobs and dashboards are checked in molecule/default.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import configparser
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -39,6 +42,9 @@ JOBS = {
     "prometheus": "monitoring",
 }
 SKIP_MESSAGE = "Grafana package install and server start SKIPPED"
+# The roles applied besides prometheus and grafana: runs that test those two skip their
+# tags (their preflights still run), so the data tier is not converged again each time.
+OTHER_ROLES = "common,postgresql,pgbouncer,redis"
 # Waiting for Prometheus to see a change is not a performance check: the deadline is
 # only there so a broken setup fails instead of hanging.
 PATIENCE = 300
@@ -88,7 +94,7 @@ def up_by_job(host) -> dict[str, dict[str, str]]:
 
 def test_prometheus_01_every_scrape_target_is_up(host):
     expected = expected_targets()
-    assert "app" not in expected, "this scenario has no app host"
+    assert "app" not in expected and "nginx" not in expected, "this scenario has no app or web host"
 
     def all_up():
         seen = up_by_job(host)
@@ -204,11 +210,27 @@ def test_prometheus_06_target_down_goes_pending_then_firing(host, scenario_host)
     wait_for(lambda: set(up_by_job(host).get("redis", {}).values()) == {"1"}, "redis up again")
 
 
+def test_prometheus_07_pgbouncer_requests_come_from_the_renamed_stat(host):
+    # Debian 12's exporter reads SHOW STATS' total_requests, which PgBouncer 1.18 calls
+    # total_query_count; the pgbouncer role's launcher maps it back to this metric.
+    query = f'pgbouncer_requests_total{{job="pgbouncer", env="{ENV}"}}'
+    series = wait_for(
+        lambda: api(host, "/api/v1/query", query=query)["data"]["result"],
+        "pgbouncer_requests_total in Prometheus",
+    )
+    assert {s["metric"]["host"] for s in series} == set(hosts_in("db"))
+
+
 def substitute(expr: str) -> str:
     """What Grafana sends for the dashboards' variables with "All" selected."""
     return (
         expr.replace("$__rate_interval", "1m").replace('"$env"', '".*"').replace('"$host"', '".*"')
     )
+
+
+def dashboard_job(board: dict) -> str:
+    """The scrape job a dashboard is about (its first variable selects on it)."""
+    return re.search(r'job="([^"]+)"', board["templating"]["list"][0]["definition"])[1]
 
 
 def dashboard_queries() -> list[tuple[str, str, str]]:
@@ -282,10 +304,28 @@ def test_grafana_12_dashboards_provisioned_from_the_repository(host):
     assert check.returncode == 0, check.stderr
 
 
+@pytest.fixture(scope="module")
+def redis_key(host, scenario_host, hostvars):
+    """A key in Redis, so that the keyspace panels have data (the roles store none)."""
+    (cache,) = hosts_in("cache")
+    # The redis role's admin user (redis_admin_user), the only one allowed to write here.
+    out = scenario_host(cache).run(
+        "REDISCLI_AUTH=%s redis-cli --no-auth-warning --user admin -h 127.0.0.1 SET stack:probe 1",
+        hostvars(cache)["vault_redis_admin_password"],
+    )
+    assert out.stdout.strip() == "OK", out.stdout + out.stderr
+    query = 'redis_db_keys{job="redis"} > 0'
+    wait_for(lambda: api(host, "/api/v1/query", query=query)["data"]["result"], "the key")
+
+
+@pytest.mark.usefixtures("redis_key")
 def test_grafana_13_every_dashboard_query_runs_on_prometheus(host):
-    # Panels about a tier with no host in the inventory may be empty; here that is the
-    # app (no app host in this scenario). Everything else runs and must return data.
-    may_be_empty = {"stack-app"} if not hosts_in("app") else set()
+    # Panels about a tier with no host in the inventory may be empty; here those are the
+    # app and nginx (no app or web host in this scenario). Everything else runs and must
+    # return data.
+    expected = expected_targets()
+    boards = [json.loads(path.read_text()) for path in DASHBOARDS.glob("*.json")]
+    may_be_empty = {board["uid"] for board in boards if dashboard_job(board) not in expected}
     queries = dashboard_queries()
     assert len(queries) > 40
     failed, empty = [], []
@@ -302,7 +342,7 @@ def test_grafana_13_every_dashboard_query_runs_on_prometheus(host):
 def test_grafana_14_dashboard_variables_find_hosts(host):
     for path in sorted(DASHBOARDS.glob("*.json")):
         board = json.loads(path.read_text())
-        job = re.search(r'job="([^"]+)"', board["templating"]["list"][0]["definition"])[1]
+        job = dashboard_job(board)
         if not expected_targets().get(job):
             continue
         for variable in board["templating"]["list"]:
@@ -312,7 +352,7 @@ def test_grafana_14_dashboard_variables_find_hosts(host):
 
 
 def test_grafana_15_skipped_server_is_announced():
-    run = converge("--check")
+    run = converge("--check", "--skip-tags", OTHER_ROLES)
     assert run.returncode == 0, run.output[-3000:]
     assert SKIP_MESSAGE in run.output, run.output[-3000:]
     assert not run.any_changed, run.changed
@@ -332,6 +372,8 @@ def test_grafana_16_server_answers(host, hostvars):
 
 def test_grafana_17_unreachable_package_source_fails_clearly():
     run = converge(
+        "--skip-tags",
+        OTHER_ROLES,
         "-e",
         json.dumps(
             {
@@ -364,4 +406,46 @@ def test_grafana_17_unreachable_package_source_fails_clearly():
     ],
 )
 def test_monitoring_18_bad_variables_fail_before_any_change(extra, message):
-    assert_refused("-e", extra, message=message)
+    assert_refused("-e", extra, message=message, skip_tags=OTHER_ROLES)
+
+
+@pytest.mark.journal("prometheus")
+def test_monitoring_19_redis_exporter_port_moves_exporter_firewall_and_scrape_job(
+    host, scenario_host, hostvars
+):
+    """The cache group sets redis_exporter_port: all three places follow that one variable."""
+    (cache,) = hosts_in("cache")
+    port = hostvars(cache)["redis_exporter_port"]
+    default = yaml.safe_load((ROLES / "stack/defaults/main.yml").read_text())["redis_exporter_port"]
+    assert port != default, "the scenario must move the exporter off roles/stack's default"
+    node = scenario_host(cache)
+
+    # The exporter listens on the new port, on the cache host's private address.
+    args = node.file("/etc/default/prometheus-redis-exporter").content_string
+    address, listen_port = re.search(r"--web\.listen-address=([0-9.]+):(\d+)", args).groups()
+    assert int(listen_port) == port
+    assert node.socket(f"tcp://{address}:{port}").is_listening
+    assert not node.socket(f"tcp://{address}:{default}").is_listening
+
+    # The firewall opens it to the monitoring host ...
+    out = host.run("curl -sS -m 10 http://%s:%s/metrics", address, str(port))
+    assert out.rc == 0 and "redis_up 1" in out.stdout, out.stderr
+    ruleset = node.run("nft list table inet common_firewall").stdout
+    assert re.search(rf"tcp dport {port} accept comment \"redis-exporter: monitoring\"", ruleset)
+    assert f"dport {default} " not in ruleset, ruleset
+    # ... and to no one else: the control node is not in the monitoring group. It reaches
+    # the scenario's network (Prometheus, open to operators, answers it), but not the port.
+    prometheus = prometheus_url(host).removeprefix("http://").rsplit(":", 1)
+    socket.create_connection((prometheus[0], int(prometheus[1])), timeout=10).close()
+    with pytest.raises(OSError):
+        socket.create_connection((address, port), timeout=5).close()
+
+    # Prometheus scrapes the cache host there, and the target is up.
+    def redis_target():
+        answer = api(host, "/api/v1/targets", state="active")
+        targets = [t for t in answer["data"]["activeTargets"] if t["labels"]["job"] == "redis"]
+        return targets if targets and all(t["health"] == "up" for t in targets) else None
+
+    (target,) = wait_for(redis_target, "the redis target to be up")
+    assert target["labels"]["instance"] == f"{cache}:{port}"
+    assert target["scrapeUrl"] == f"http://{address}:{port}/metrics"
