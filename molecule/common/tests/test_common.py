@@ -4,12 +4,16 @@ Control IDs (common-NN) name each check, the way hardening baselines do.
 """
 
 import json
+import os
+from pathlib import Path
 
 import pytest
+import yaml
 from stack_testinfra import assert_refused
 
 JOURNAL_UNITS = ["nftables", "prometheus-node-exporter"]
 WEB, MON = "common-web", "common-mon"
+PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 PROBE = "curl -s -o /dev/null -w '%{{http_code}}' -m 4 http://{}:{}/"
 
 
@@ -17,8 +21,17 @@ def in_container(host) -> bool:
     return host.run("systemd-detect-virt --container").rc == 0
 
 
-def test_common_01_essential_tools_work(host):
+def test_common_01_declared_packages_installed_and_tools_work(host, hostvars):
+    # The inventory's values where it sets them, else the role's defaults.
+    defaults = yaml.safe_load((PROJECT / "roles/common/defaults/main.yml").read_text())
+    wanted = {**defaults, **hostvars(host.backend.get_hostname())}
+    packages = wanted["common_packages"] + wanted["common_packages_extra"]
+    missing = [name for name in packages if not host.package(name).is_installed]
+    assert not missing, f"declared in common_packages but not installed: {missing}"
+    # The tools other roles' tasks and operators reach for, doing real work.
     assert host.run("echo '{\"a\": 41}' | jq '.a + 1'").stdout.strip() == "42"
+    assert host.run("curl -s -o /dev/null -w '%{http_code}' file:///etc/hostname").rc == 0
+    assert host.run("pgrep -x systemd").stdout.split() == ["1"]
 
 
 def test_common_02_time_zone(host, hostvars):
