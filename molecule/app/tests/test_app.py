@@ -86,13 +86,16 @@ def request_loop(host):
 
     Each request is a new connection; the loop ends when the test ends it or after
     20000 requests, and the status codes (000 for a refused or broken one) are returned.
+    It is paced (20 ms between requests): unpaced, a slow converge lets it reach
+    app_max_requests, and the worker recycling that follows is not what is tested here.
     """
     # Paths inside the test host, whose /tmp belongs to the test.
     log, flag = "/tmp/probe-codes.log", "/tmp/probe-running"  # noqa: S108
     script = (
         f"touch {flag}; : > {log}; i=0; "
         f"while [ -e {flag} ] && [ $i -lt 20000 ]; do i=$((i+1)); "
-        f"curl -s -o /dev/null -m 30 -w '%{{http_code}}\\n' {LOCAL}/health/live >> {log}; done"
+        f"curl -s -o /dev/null -m 30 -w '%{{http_code}}\\n' {LOCAL}/health/live >> {log}; "
+        "sleep 0.02; done"
     )
     assert host.run(f"systemd-run --unit probe-loop --collect sh -c {shlex.quote(script)}").rc == 0
     assert wait_for(lambda: host.file(log).exists and host.file(log).size > 0, 30)

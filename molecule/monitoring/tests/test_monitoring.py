@@ -406,7 +406,7 @@ def test_grafana_17_unreachable_package_source_fails_clearly():
     ],
 )
 def test_monitoring_18_bad_variables_fail_before_any_change(extra, message):
-    assert_refused("-e", extra, message=message, skip_tags=OTHER_ROLES)
+    assert_refused("-e", extra, message=message)
 
 
 @pytest.mark.journal("prometheus")
