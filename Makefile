@@ -21,7 +21,7 @@ up: packages setup ## Deploy the whole stack into local containers and print its
 down: setup ## Remove everything `make up` created
 	ansible-playbook playbooks/local_env.yml -e local_env_state=absent
 
-packages: ## Install the Debian packages this machine needs (as root on Debian), or say which
+packages: ## Install the Debian packages the control node needs (as root on Debian), or say which
 	.config/testbed/ensure-packages
 
 setup: $(VENV)/.installed ## Create .venv with the pinned control-node tools (fast when up to date)
@@ -54,7 +54,8 @@ molecule: testbed ## Run one scenario's full `molecule test`: make molecule s=co
 molecule-all: testbed ## Run every Molecule scenario, MOLECULE_JOBS (2) at a time; logs in .cache/molecule-logs
 	TESTBED_IMAGE=$$(.config/testbed/build-image) .config/testbed/molecule-all $(SCENARIOS)
 
-test-app: packages ## The app's tests against a real PostgreSQL and Redis
+test-app: ## The app's tests against a real PostgreSQL, PgBouncer and Redis (installs them)
+	.config/testbed/ensure-packages app
 	@if [[ -f app/Makefile ]]; then $(MAKE) -C app test; else echo "app/ has no tests yet"; fi
 
 test: packages lint test-app molecule-all ## Everything CI runs: lint, app tests, every scenario
