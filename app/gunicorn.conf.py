@@ -12,9 +12,9 @@ from pathlib import Path
 
 wsgi_app = "shop.main:app"
 # uvicorn-worker's class (`uvicorn.workers` is deprecated), which uses uvloop and
-# httptools when they are installed, and they are; shop.worker adds a shutdown that
+# httptools when they are installed, and they are; shop_worker adds a shutdown that
 # reads requests already accepted before it closes their connections.
-worker_class = "shop.worker.UvicornWorker"
+worker_class = "shop_worker.UvicornWorker"
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
 # Workers are started after the fork, not preloaded: each builds its own engine

@@ -1,7 +1,7 @@
 """The worker's shutdown serves a request that arrives on a connection accepted before it.
 
 Plain uvicorn closes such a connection at once when a worker stops (a reload, a
-max_requests recycle), and its client gets no answer; shop.worker's server reads it first.
+max_requests recycle), and its client gets no answer; shop_worker's server reads it first.
 """
 
 import asyncio
@@ -10,7 +10,7 @@ import pytest
 import uvicorn
 from uvicorn.server import Server
 
-from shop.worker import DrainingServer
+from shop_worker import DrainingServer
 from tests.servers import free_port
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"

@@ -6,6 +6,10 @@ before the signal, with the request still in its socket buffer, is then reset: i
 gets no answer. This worker stops accepting first and waits `DRAIN_SECONDS`, so such
 requests are read (and then served, on a connection that closes after the response)
 before uvicorn's own graceful shutdown runs. Other workers keep accepting meanwhile.
+
+A package of its own, next to `shop` and never importing it: Gunicorn's master imports
+the worker class, and a `shop` module imported there would be inherited by every worker
+it forks, so a graceful reload would keep serving the old release's code.
 """
 
 from __future__ import annotations
