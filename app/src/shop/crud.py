@@ -2,10 +2,10 @@
 
 from collections.abc import Sequence
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row, Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import load_only, selectinload
+from sqlalchemy.orm import Session, load_only, selectinload
 
 from shop import schemas
 from shop.models import Order, OrderItem, Product, User
@@ -19,32 +19,59 @@ class ConflictError(Exception):
     """The request clashes with existing data (409)."""
 
 
-async def get_user(session: AsyncSession, user_id: int) -> Row | None:
-    # Only the columns the response shows: no password hash leaves the database.
-    result = await session.execute(select(User.id, User.name).where(User.id == user_id))
-    return result.first()
+def _user_stmt(user_id: int, lean: bool) -> Select:
+    if lean:
+        # Only the columns the response shows: no password hash leaves the database.
+        return select(User.id, User.name).where(User.id == user_id)
+    return select(User).where(User.id == user_id)
 
 
-async def get_user_with_orders(session: AsyncSession, user_id: int) -> User | None:
+def _user_with_orders_stmt(user_id: int, lean: bool) -> Select:
     """Three statements whatever the number of orders: user, orders, items with products.
 
     selectinload fetches a collection for all parents in one IN query;
     joinedload suits the many-to-one product. The relationships are
     lazy="raise", so a forgotten option fails loudly instead of quietly
-    issuing one query per order.
+    issuing one query per order. Lean: only the columns the response shows.
     """
-    stmt = (
-        select(User)
-        .where(User.id == user_id)
-        .options(
+    if lean:
+        options = (
             load_only(User.id, User.name),
             selectinload(User.orders)
             .selectinload(Order.items)
             .joinedload(OrderItem.product)
             .load_only(Product.id, Product.name),
         )
-    )
-    return await session.scalar(stmt)
+    else:
+        options = (
+            selectinload(User.orders).selectinload(Order.items).joinedload(OrderItem.product),
+        )
+    return select(User).where(User.id == user_id).options(*options)
+
+
+async def get_user(session: AsyncSession, user_id: int, lean: bool = True) -> Row | User | None:
+    if lean:
+        return (await session.execute(_user_stmt(user_id, lean))).first()
+    return await session.scalar(_user_stmt(user_id, lean))
+
+
+async def get_user_with_orders(
+    session: AsyncSession, user_id: int, lean: bool = True
+) -> User | None:
+    return await session.scalar(_user_with_orders_stmt(user_id, lean))
+
+
+# The same reads on a synchronous Session (SHOP_BLOCKING_IO): they block the caller.
+
+
+def get_user_blocking(session: Session, user_id: int, lean: bool = True) -> Row | User | None:
+    if lean:
+        return session.execute(_user_stmt(user_id, lean)).first()
+    return session.scalar(_user_stmt(user_id, lean))
+
+
+def get_user_with_orders_blocking(session: Session, user_id: int, lean: bool = True) -> User | None:
+    return session.scalar(_user_with_orders_stmt(user_id, lean))
 
 
 async def create_user(session: AsyncSession, data: schemas.UserCreate, password_hash: str) -> User:
@@ -93,19 +120,17 @@ async def products_page(
     )
 
 
-async def create_order(session: AsyncSession, data: schemas.OrderCreate) -> Order:
+async def create_order(
+    session: AsyncSession, data: schemas.OrderCreate, lean: bool = True
+) -> Order:
     if await session.scalar(select(User.id).where(User.id == data.user_id)) is None:
         raise NotFoundError(f"user {data.user_id} not found")
 
     wanted = [item.product_id for item in data.items]
-    found = {
-        p.id: p
-        for p in await session.scalars(
-            select(Product)
-            .where(Product.id.in_(wanted))
-            .options(load_only(Product.id, Product.name, Product.price_cents))
-        )
-    }
+    stmt = select(Product).where(Product.id.in_(wanted))
+    if lean:
+        stmt = stmt.options(load_only(Product.id, Product.name, Product.price_cents))
+    found = {p.id: p for p in await session.scalars(stmt)}
     missing = [product_id for product_id in wanted if product_id not in found]
     if missing:
         raise NotFoundError(f"product(s) not found: {', '.join(map(str, missing))}")

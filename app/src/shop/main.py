@@ -13,9 +13,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from shop import __version__, crud
 from shop.api.main import routers
-from shop.core.cache import Cache, create_redis
+from shop.core.cache import create_cache
 from shop.core.config import Settings, get_settings
-from shop.core.db import create_engine, instrument_pool, session_factory
+from shop.core.db import create_blocking_engine, create_engine, instrument_pool, session_factory
 from shop.metrics import PrometheusMiddleware
 from shop.profiling import ProfilingMiddleware
 
@@ -30,15 +30,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     engine = create_engine(settings)
     instrument_pool(engine, settings)
-    redis = create_redis(settings)
+    cache = create_cache(settings)
     app.state.engine = engine
     app.state.sessionmaker = session_factory(engine)
-    app.state.cache = Cache(redis, settings.cache_ttl_seconds)
+    app.state.cache = cache
+    blocking_engine = create_blocking_engine(settings) if settings.blocking_io else None
+    app.state.blocking_engine = blocking_engine
     try:
         yield
     finally:
-        await redis.aclose()
+        await cache.aclose()
         await engine.dispose()
+        if blocking_engine is not None:
+            blocking_engine.dispose()
 
 
 def _error(status_code: int, detail: str) -> JSONResponse:
@@ -76,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="shop", version=__version__, lifespan=lifespan)
     app.state.settings = settings
 
-    for router in routers:
+    for router in routers(settings):
         app.include_router(router)
     _install_error_handlers(app)
 

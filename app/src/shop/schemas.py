@@ -84,6 +84,39 @@ class UserWithOrders(UserOut):
     orders: list[OrderOut]
 
 
+# Full models (SHOP_LEAN_MODELS=false): every column of every row a response reads,
+# nested objects in full, as an app that returns its table rows would. Still no
+# secrets: the password hash has no field here.
+
+
+class UserFull(ORMModel):
+    id: int
+    name: str
+    email: str
+    created_at: datetime
+
+
+class OrderItemFull(ORMModel):
+    id: int
+    order_id: int
+    product_id: int
+    quantity: int
+    unit_price_cents: int
+    product: ProductOut
+
+
+class OrderFull(ORMModel):
+    id: int
+    user_id: int
+    created_at: datetime
+    total_cents: int
+    items: list[OrderItemFull]
+
+
+class UserWithOrdersFull(UserFull):
+    orders: list[OrderFull]
+
+
 class OrderItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -4,9 +4,10 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from shop.core.cache import Cache
+from shop.core.cache import Cache, DisabledCache
 from shop.core.config import Settings
 
 
@@ -18,7 +19,11 @@ def get_engine(request: Request) -> AsyncEngine:
     return request.app.state.engine
 
 
-def get_cache(request: Request) -> Cache:
+def get_blocking_engine(request: Request) -> Engine:
+    return request.app.state.blocking_engine
+
+
+def get_cache(request: Request) -> Cache | DisabledCache:
     return request.app.state.cache
 
 
@@ -29,5 +34,6 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
-CacheDep = Annotated[Cache, Depends(get_cache)]
+BlockingEngineDep = Annotated[Engine, Depends(get_blocking_engine)]
+CacheDep = Annotated[Cache | DisabledCache, Depends(get_cache)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]

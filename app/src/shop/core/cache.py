@@ -1,8 +1,6 @@
-"""A fail-open JSON cache on Redis: an outage turns into cache misses, never errors."""
+"""A fail-open cache of bytes on Redis: an outage turns into cache misses, never errors."""
 
-import json
 import logging
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -33,11 +31,15 @@ def create_redis(settings: Settings) -> Redis:
 
 
 class Cache:
+    """Values are bytes, stored and returned as they are: a hit costs no decoding."""
+
+    enabled = True
+
     def __init__(self, redis: Redis, ttl_seconds: int) -> None:
         self.redis = redis
         self.ttl_seconds = ttl_seconds
 
-    async def get(self, key: str) -> Any | None:
+    async def get(self, key: str) -> bytes | None:
         try:
             raw = await self.redis.get(key)
         except _OUTAGE as exc:
@@ -48,11 +50,11 @@ class Cache:
             metrics.CACHE_REQUESTS.labels("miss").inc()
             return None
         metrics.CACHE_REQUESTS.labels("hit").inc()
-        return json.loads(raw)
+        return raw
 
-    async def set(self, key: str, value: Any) -> None:
+    async def set(self, key: str, value: bytes) -> None:
         try:
-            await self.redis.set(key, json.dumps(value, separators=(",", ":")), ex=self.ttl_seconds)
+            await self.redis.set(key, value, ex=self.ttl_seconds)
         except _OUTAGE as exc:
             log.warning("cache set %s failed: %s", key, exc)
 
@@ -68,3 +70,35 @@ class Cache:
             return bool(await self.redis.ping())
         except _OUTAGE:
             return False
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+
+class DisabledCache:
+    """SHOP_CACHE_ENABLED=false: no Redis client and no Redis traffic; every get misses.
+
+    Not counted in the cache metrics, which describe Redis requests."""
+
+    enabled = False
+
+    async def get(self, key: str) -> bytes | None:
+        return None
+
+    async def set(self, key: str, value: bytes) -> None:
+        return None
+
+    async def delete(self, key: str) -> None:
+        return None
+
+    async def ping(self) -> bool:
+        return False
+
+    async def aclose(self) -> None:
+        return None
+
+
+def create_cache(settings: Settings) -> Cache | DisabledCache:
+    if not settings.cache_enabled:
+        return DisabledCache()
+    return Cache(create_redis(settings), settings.cache_ttl_seconds)

@@ -29,6 +29,20 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=5, ge=1)
     db_max_overflow: int = Field(default=5, ge=0)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    # false: SQLAlchemy's NullPool, a new database connection (and login) per request.
+    # Only for measuring what the pool saves; the pool sizes above are then unused.
+    db_pool_enabled: bool = True
+
+    # The switches below exist so the benchmark can turn one tip off at a time; the
+    # defaults are the fast service.
+    # false: no Redis at all (no client is created); every read goes to the database.
+    cache_enabled: bool = True
+    # false: responses carry every column of every row they read, nested objects in
+    # full (secrets never), as an app without dedicated response models would.
+    lean_models: bool = True
+    # true: the user reads run a synchronous driver (psycopg) inside the async
+    # endpoints, blocking the event loop for every query: tip 1's "what not to do".
+    blocking_io: bool = False
 
     cache_ttl_seconds: int = Field(default=60, ge=1)
     # Short on purpose: a Redis outage must cost a request milliseconds, not seconds.

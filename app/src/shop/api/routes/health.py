@@ -27,7 +27,9 @@ async def ready(engine: EngineDep, cache: CacheDep, response: Response) -> schem
         database = "ok"
     except Exception:
         database = "error"
-    redis = "ok" if await cache.ping() else "error"
+    redis = "disabled"
+    if cache.enabled:
+        redis = "ok" if await cache.ping() else "error"
     if database != "ok":
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return schemas.Readiness(

@@ -4,14 +4,19 @@ from shop import crud, schemas
 from shop.api.deps import CacheDep, SessionDep
 from shop.api.routes.products import POPULAR_CACHE_KEY
 
-router = APIRouter(prefix="/api/orders", tags=["orders"])
 
+def build_router(*, lean: bool = True) -> APIRouter:
+    """The order routes; `lean` picks the response model (SHOP_LEAN_MODELS)."""
+    router = APIRouter(prefix="/api/orders", tags=["orders"])
+    order_model = schemas.CreatedOrder if lean else schemas.OrderFull
 
-@router.post("", status_code=status.HTTP_201_CREATED)
-async def create_order(
-    data: schemas.OrderCreate, session: SessionDep, cache: CacheDep
-) -> schemas.CreatedOrder:
-    order = await crud.create_order(session, data)
-    # Sales changed, so the popular list may have: the next read rebuilds it.
-    await cache.delete(POPULAR_CACHE_KEY)
-    return schemas.CreatedOrder.model_validate(order)
+    @router.post("", status_code=status.HTTP_201_CREATED, response_model=order_model)
+    async def create_order(
+        data: schemas.OrderCreate, session: SessionDep, cache: CacheDep
+    ) -> object:
+        order = await crud.create_order(session, data, lean)
+        # Sales changed, so the popular list may have: the next read rebuilds it.
+        await cache.delete(POPULAR_CACHE_KEY)
+        return order_model.model_validate(order)
+
+    return router
