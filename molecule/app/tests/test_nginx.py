@@ -141,20 +141,25 @@ def test_nginx_09_limits(host):
         f"--data-binary @- {HTTPS}/api/users"
     )
     assert big.stdout == "413"
-    burst = (
-        "seq 60 | xargs -P 20 -I{} curl -sk -o /dev/null -w '%{http_code}\\n' "
-        f"{HTTPS}/health/live"
-    )
-    codes = host.run(burst).stdout.split()
+    codes = burst(host, f"{HTTPS}/health/live")
     assert "200" in codes and "429" in codes, sorted(set(codes))
+
+
+def private_address(host) -> str:
+    facts = host.ansible("setup", "filter=ansible_default_ipv4", check=False)
+    return facts["ansible_facts"]["ansible_default_ipv4"]["address"]
+
+
+def burst(host, url: str) -> list[str]:
+    """Status codes of 60 requests, 20 at a time: above the scenario's 10 r/s, burst 10."""
+    command = "seq 60 | xargs -P 20 -I{} curl -sk -o /dev/null -w '%{http_code}\\n' "
+    return host.run(command + url).stdout.split()
 
 
 def test_nginx_10_stub_status_and_exporter(host):
     out = host.run("curl -s -m 5 http://127.0.0.1:8080/stub_status")
     assert "Active connections" in out.stdout
-    address = host.ansible("setup", "filter=ansible_default_ipv4", check=False)["ansible_facts"][
-        "ansible_default_ipv4"
-    ]["address"]
+    address = private_address(host)
     assert host.run(f"curl -s -m 5 http://{address}:8080/stub_status").rc != 0
     metrics = host.run(f"curl -s -m 10 http://{address}:9113/metrics").stdout
     assert "nginx_up 1" in metrics
@@ -186,11 +191,18 @@ def test_nginx_11_bad_value_fails_while_the_old_config_serves(host):
             "rate like 20r/s",
         ),
         ("nginx_limit_conn_zone=nope", "must name zones"),
-        ("nginx_stub_status_port=443", "apart from 80, 443"),
+        ("nginx_stub_status_port=443", "nginx_stub_status_port (443) apart from both"),
+        (
+            json.dumps({"nginx_rate_limit_exempt": ["127.0.0.1/32", "10.0.0.5/24"]}),
+            "nginx_rate_limit_exempt must be a list of CIDRs like 172.30.57.1/32",
+        ),
+        ("nginx_static_via_app=true", "set app_serve_static: true for every app host"),
     ],
 )
 def test_nginx_12_bad_variables_fail_before_any_change(extra, message):
-    assert_refused("-e", extra, message=message)
+    run = assert_refused("-e", extra, message=message.split()[0])
+    # The YAML result format wraps long messages and doubles single quotes.
+    assert message in " ".join(run.output.replace("''", "'").split()), run.output[-3000:]
 
 
 def drain(*hosts: str):
@@ -248,3 +260,107 @@ def test_nginx_14_drain_refuses_a_host_outside_the_app_group(host):
     assert "must be a list of hosts of the `app`" in run.output, run.output[-3000:]
     assert not run.any_changed, run.changed
     assert host.file(UPSTREAM_SERVERS).content_string == before
+
+
+# The benchmark's switches (bench/ turns them on for its profiles), tested with one
+# converge that turns all three on, the app serving the static files as
+# nginx_static_via_app requires, and one that turns them off again. Loopback stands for
+# the benchmark's client; the web host's private address is any other client.
+BENCH_SWITCHES = {
+    "nginx_rate_limit_exempt": ["127.0.0.1/32", "::1/128"],
+    "nginx_bench_ceilings": True,
+    "nginx_static_via_app": True,
+    "app_serve_static": True,
+}
+# The app role runs too (app_serve_static); the data tier and common have nothing to do.
+BENCH_SKIP = "common,postgresql,pgbouncer,redis"
+BENCH_DIR = "/var/www/nginx-bench"
+# In the test host, whose /tmp belongs to the test.
+STATIC_1K_COPY = "/tmp/static-1k"  # noqa: S108
+
+
+@pytest.fixture(scope="module")
+def bench_switches():
+    """Converge with BENCH_SWITCHES; the fixture is a function that turns them off again.
+
+    Whatever the tests do, the module ends with the scenario's own values converged, so
+    idempotence and the check-mode run still apply.
+    """
+    state = {"on": True}
+
+    def off():
+        state["on"] = False
+        run = converge("--skip-tags", BENCH_SKIP)
+        assert run.returncode == 0, run.output[-6000:]
+        return run
+
+    try:
+        run = converge("--skip-tags", BENCH_SKIP, "-e", json.dumps(BENCH_SWITCHES))
+        assert run.returncode == 0, run.output[-6000:]
+        yield off
+    finally:
+        if state["on"]:
+            off()
+
+
+def test_nginx_15_bench_ceilings_are_off_by_default(host):
+    assert fetch(host, f"{HTTPS}/bench/return")[0] == 404
+    assert fetch(host, f"{HTTPS}/bench/static-1k")[0] == 404
+    assert not host.file(BENCH_DIR).exists
+
+
+def test_nginx_16_exempt_client_is_never_limited(host, bench_switches):
+    # The app took app_serve_static (a reload or restart): wait until it answers.
+    assert wait_for_status(host, f"{HTTPS}/health/live", 200) == 200
+    exempt = burst(host, f"{HTTPS}/health/live")
+    assert len(exempt) == 60 and set(exempt) == {"200"}, sorted(set(exempt))
+    # The same burst from any other address still meets the limit.
+    other = burst(host, f"https://{private_address(host)}/health/live")
+    assert "200" in other and "429" in other, sorted(set(other))
+
+
+def test_nginx_17_bench_ceilings_answer_from_nginx(host, bench_switches):
+    code, headers, body = fetch(host, f"{HTTPS}/bench/return")
+    assert code == 200 and body.strip() == "ok", (code, body)
+    assert headers["content-length"] == ["3"]
+    # Exactly 1024 bytes on the wire, also to a client that accepts gzip (as load tools do).
+    code, headers, _ = fetch(
+        host, f"{HTTPS}/bench/static-1k", "-H 'Accept-Encoding: gzip'", f"-o {STATIC_1K_COPY}"
+    )
+    assert code == 200
+    assert "content-encoding" not in headers
+    assert host.file(STATIC_1K_COPY).size == 1024
+    # Plain HTTP still only redirects.
+    assert fetch(host, "http://127.0.0.1/bench/return")[0] == 301
+
+
+def test_nginx_18_static_via_app_serves_the_same_bytes(host, bench_switches, scenario_host):
+    (app,) = hosts_in("app")
+    for name in (FINGERPRINTED[len("/static/") :], "manifest.json"):
+        code, headers, _ = fetch(host, f"{HTTPS}/static/{name}", f"-o /tmp/via-app-{name}")
+        assert code == 200, name
+        assert host.run(f"cmp /tmp/via-app-{name} /var/www/shop/static/{name}").rc == 0, name
+        # The app's answer (its own ETag), not nginx's from disk.
+        direct = scenario_host(app).run(
+            f"curl -s -m 20 -o /dev/null -D - http://127.0.0.1:8000/static/{name}"
+        )
+        etags = [
+            line.partition(":")[2].strip()
+            for line in direct.stdout.splitlines()
+            if line.lower().startswith("etag:")
+        ]
+        assert headers["etag"] == etags, (headers.get("etag"), direct.stdout)
+        assert headers.get("cache-control") != ["public, max-age=31536000, immutable"]
+
+
+def test_nginx_19_switched_off_again(host, bench_switches):
+    bench_switches()
+    assert fetch(host, f"{HTTPS}/bench/return")[0] == 404
+    assert not host.file(BENCH_DIR).exists
+    # Static files from disk again (nginx's cache headers), and loopback is limited again.
+    code, headers, _ = fetch(host, f"{HTTPS}{FINGERPRINTED}")
+    assert code == 200
+    assert headers["cache-control"] == ["public, max-age=31536000, immutable"]
+    assert wait_for_status(host, f"{HTTPS}/health/live", 200) == 200
+    codes = burst(host, f"{HTTPS}/health/live")
+    assert "200" in codes and "429" in codes, sorted(set(codes))
