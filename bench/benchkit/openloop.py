@@ -10,6 +10,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 
@@ -54,14 +55,20 @@ class _Closed(Exception):
         self.status = status
 
 
-async def run(
-    base_url: str,
-    next_path: Callable[[], str],
-    rate: float,
-    duration_s: float,
-    max_connections: int = 256,
-) -> dict:
-    """Send `rate` requests per second for `duration_s`; latencies in ms from intended start."""
+@dataclass
+class Schedule:
+    rate: float  # requests per second
+    duration_s: float
+    max_connections: int = 256
+    # How long after the last scheduled start unfinished requests are given up (timeouts).
+    grace_s: float = 10.0
+
+
+async def run(base_url: str, next_path: Callable[[], str], schedule: Schedule) -> dict:
+    """Send schedule.rate requests/s for schedule.duration_s; latencies in ms from the
+    intended start of each request."""
+    rate, duration_s, grace_s = schedule.rate, schedule.duration_s, schedule.grace_s
+    max_connections = schedule.max_connections
     url = urlsplit(base_url)
     port = url.port or (443 if url.scheme == "https" else 80)
     context = None
@@ -104,7 +111,13 @@ async def run(
     start = time.perf_counter() + 0.05
     total = int(rate * duration_s)
     tasks = [asyncio.create_task(one(start + i / rate)) for i in range(total)]
-    await asyncio.gather(*tasks)
+    # A server that cannot keep up would keep the run going for ever: what has not
+    # finished `grace_s` after the last scheduled start is a timeout (an error).
+    _, late = await asyncio.wait(tasks, timeout=duration_s + grace_s + 0.05)
+    for task in late:
+        task.cancel()
+    result["errors"] += len(late)
+    result["timeouts"] = len(late)
     for conn in idle:
         conn.close()
     result.update(

@@ -52,8 +52,8 @@ TARGETS = [
     ("tuned vs template-like peer, read mix", ("tuned", "mix"), ("peer", "mix"), "rps", ">=", 3),
     (
         "p99 at a fixed rate, tuned / peer",
-        ("tuned", "mix@rate"),
-        ("peer", "mix@rate"),
+        ("tuned", "user-orders@rate"),
+        ("peer", "user-orders@rate"),
         "p99",
         "<=",
         0.5,

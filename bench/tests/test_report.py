@@ -30,8 +30,8 @@ POINTS = [
     point("tuned", "popular", 3000),
     point("naive", "popular", 100),
     point("hello", "popular", 4000),
-    point("tuned", "mix@rate", 200, p99=20.0, rate=200),
-    point("peer", "mix@rate", 200, p99=80.0, rate=200),
+    point("tuned", "user-orders@rate", 200, p99=20.0, rate=200),
+    point("peer", "user-orders@rate", 200, p99=80.0, rate=200),
 ]
 
 
@@ -87,7 +87,7 @@ def test_markdown_has_the_ratio_table_points_and_conditions():
     md = report.render_markdown(result(POINTS))
     assert "| comparison | measured | target | verdict |" in md
     assert "| cached popular read vs naive | 30.00x | >= 20 | met |" in md
-    assert "| tuned | mix@rate | 200/s |" in md
+    assert "| tuned | user-orders@rate | 200/s |" in md
     assert "steal time" in md and "nginx rate limits: exempt" in md
     assert "Status: passed" in md and "![throughput and p99](2026-11-30-abc1234.png)" in md
 

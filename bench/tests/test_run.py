@@ -18,7 +18,7 @@ def test_every_planned_endpoint_is_known_and_every_profile_has_a_file():
         for profile, endpoints in plan.items():
             assert (run.PROFILES_DIR / f"{profile}.yml").is_file()
             for ep in endpoints:
-                assert ep == "mix@rate" or ep in run.ENDPOINTS
+                assert ep == "user-orders@rate" or ep in run.ENDPOINTS
 
 
 def test_every_target_is_measured_by_the_full_plan():

@@ -1,6 +1,7 @@
 import asyncio
 import http.server
 import threading
+import time
 
 from benchkit import openloop, system
 
@@ -45,8 +46,7 @@ def test_open_loop_sends_the_scheduled_requests_and_counts_non2xx():
             openloop.run(
                 f"http://127.0.0.1:{server.server_port}",
                 lambda: next(paths),
-                rate=100,
-                duration_s=0.5,
+                openloop.Schedule(rate=100, duration_s=0.5),
             )
         )
     finally:
@@ -56,3 +56,27 @@ def test_open_loop_sends_the_scheduled_requests_and_counts_non2xx():
     assert len(r["latencies_ms"]) == 50
     assert r["non2xx"] == 25
     assert all(latency >= 0 for latency in r["latencies_ms"])
+
+
+class _SlowHandler(_Handler):
+    def do_GET(self):
+        time.sleep(2)
+        super().do_GET()
+
+
+def test_open_loop_counts_what_never_finishes_as_timeouts():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        r = asyncio.run(
+            openloop.run(
+                f"http://127.0.0.1:{server.server_port}",
+                lambda: "/",
+                openloop.Schedule(rate=20, duration_s=0.2, grace_s=0.5),
+            )
+        )
+    finally:
+        server.shutdown()
+    assert r["requests"] == 4
+    assert r["timeouts"] == 4 and r["errors"] == 4
+    assert r["latencies_ms"] == []
