@@ -93,6 +93,7 @@ DIRECT_DB = {"naive", "nopool", "nopgbouncer", "peer"}
 PLAYBOOK_OF_PREFIX = {"postgresql_": "db", "app_": "app", "nginx_": "web"}
 PLAYBOOKS = {"db": "playbooks/db.yml", "app": "playbooks/app.yml", "web": "playbooks/web.yml"}
 
+APP_SKIP_TAGS = "app_migrate,app_cleanup"
 PGBENCH_SCRIPT = "/var/lib/postgresql/bench-pgbench.sql"
 SMOKE_DATA = {
     "bench_users": 2000,
@@ -182,8 +183,12 @@ class Runner:
         merged["nginx_rate_limit_exempt"] = [f"{self.gateway}/32"]
         return merged
 
-    def playbook(self, path: str, label: str, var_files: list[str], extra: dict) -> None:
+    def playbook(
+        self, path: str, label: str, var_files: list[str], extra: dict, skip_tags: str = ""
+    ) -> None:
         cmd = ["ansible-playbook", "-i", self.args.inventory, path]
+        if skip_tags:
+            cmd += ["--skip-tags", skip_tags]
         for f in var_files:
             cmd += ["-e", f"@{f}"]
         cmd += ["-e", json.dumps(extra)]
@@ -239,7 +244,8 @@ class Runner:
             self.applied["peer"] = False
         # The peer replaces the shop: the shop's own settings do not matter meanwhile.
         if not peer and self.applied["app"] != wanted["app"]:
-            self.playbook(PLAYBOOKS["app"], f"{profile} app.yml", files, exempt)
+            # Same release and schema: the migration and cleanup steps have nothing to do.
+            self.playbook(PLAYBOOKS["app"], f"{profile} app.yml", files, exempt, APP_SKIP_TAGS)
             self.applied["app"] = wanted["app"]
         if self.applied["web"] != wanted["web"]:
             self.playbook(PLAYBOOKS["web"], f"{profile} web.yml", files, exempt)
@@ -621,6 +627,8 @@ def main() -> int:
     p.add_argument("--keep-state", action="store_true", help="do not return to tuned at the end")
     p.add_argument("--out", help="output directory (bench/results; smoke .cache/bench-smoke)")
     args = p.parse_args()
+    # ansible-playbook and friends from the venv this runs in, as `make` puts them first.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     smoke = args.smoke
     args.duration = args.duration or (2.0 if smoke else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if smoke else 2.0)

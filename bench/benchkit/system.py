@@ -84,8 +84,32 @@ def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
 
 
 def network_gateway(network: str) -> str:
-    """The Docker host's address on the stack's network (its IPAM gateway)."""
+    """The Docker host's address on the stack's network: the IPAM gateway when the network
+    names one, else the address of its bridge (br-<first 12 of the id>), which is what
+    a network created with only a subnet gets."""
     out = subprocess.run(
         ["docker", "network", "inspect", network], check=True, capture_output=True, text=True
     ).stdout
-    return json.loads(out)[0]["IPAM"]["Config"][0]["Gateway"]
+    info = json.loads(out)[0]
+    for config in info["IPAM"]["Config"] or []:
+        if config.get("Gateway"):
+            return config["Gateway"]
+    bridge = (
+        info.get("Options", {}).get("com.docker.network.bridge.name") or f"br-{info['Id'][:12]}"
+    )
+    addr = subprocess.run(
+        ["ip", "-j", "-4", "addr", "show", "dev", bridge],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return bridge_address(addr)
+
+
+def bridge_address(ip_json: str) -> str:
+    """The IPv4 address in `ip -j -4 addr show dev X` output."""
+    for link in json.loads(ip_json):
+        for addr in link.get("addr_info", []):
+            if addr.get("family") == "inet":
+                return addr["local"]
+    raise RuntimeError("the stack network's bridge has no IPv4 address")

@@ -16,6 +16,11 @@ def test_proc_stat_steal_and_total():
     assert system.steal_pct((0, 0), (35, 1000)) == 3.5
 
 
+def test_bridge_address_from_ip_json():
+    text = '[{"ifname": "br-2070", "addr_info": [{"family": "inet", "local": "172.30.57.1"}]}]'
+    assert system.bridge_address(text) == "172.30.57.1"
+
+
 def test_cgroup_candidates_cover_v1_v2_and_hybrid():
     paths = [str(p) for p in system.cgroup_cpu_files("abc")]
     assert "/sys/fs/cgroup/system.slice/docker-abc.scope/cpu.stat" in paths
