@@ -127,6 +127,7 @@ class Runner:
             "peer": None,
         }
         self.steal_before = system.read_steal()
+        self.failed_profiles: dict[str, str] = {}
 
     # --- helpers -------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -513,7 +514,15 @@ class Runner:
             for profile, eps in self.plan.items():
                 self.log(f"profile {profile}")
                 if not self.args.no_apply:
-                    self.apply(profile)
+                    try:
+                        self.apply(profile)
+                    except RuntimeError as exc:
+                        # Its points are missing and the run fails, but the others still
+                        # get measured. What the failed run changed is unknown now.
+                        self.log(f"  profile {profile} NOT applied: {exc}")
+                        self.failed_profiles[profile] = str(exc).splitlines()[0]
+                        self.applied = dict.fromkeys(self.applied) | {"data": True}
+                        continue
                 if not hasattr(self, "users"):
                     self.count_data()
                 points += self.measure_profile(profile, eps)
@@ -565,7 +574,8 @@ class Runner:
             "ceilings": ceilings,
             "ratios": report.ratios(points),
             "error_rate": rate,
-            "failed": rate > report.ERROR_BUDGET,
+            "failed_profiles": self.failed_profiles,
+            "failed": rate > report.ERROR_BUDGET or bool(self.failed_profiles),
         }
 
 

@@ -64,67 +64,91 @@ class Schedule:
     grace_s: float = 10.0
 
 
-async def run(base_url: str, next_path: Callable[[], str], schedule: Schedule) -> dict:
-    """Send schedule.rate requests/s for schedule.duration_s; latencies in ms from the
-    intended start of each request."""
-    rate, duration_s, grace_s = schedule.rate, schedule.duration_s, schedule.grace_s
-    max_connections = schedule.max_connections
-    url = urlsplit(base_url)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    context = None
-    if url.scheme == "https":
-        # The local environment's certificate is self-signed.
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    idle: list[_Connection] = []
-    opened = 0
-    slots = asyncio.Semaphore(max_connections)
-    latencies: list[float] = []
-    result = {"errors": 0, "non2xx": 0}
+class _Generator:
+    def __init__(self, base_url: str, next_path: Callable[[], str], schedule: Schedule) -> None:
+        url = urlsplit(base_url)
+        self.host = url.hostname or ""
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        self.context = None
+        if url.scheme == "https":
+            # The local environment's certificate is self-signed.
+            self.context = ssl.create_default_context()
+            self.context.check_hostname = False
+            self.context.verify_mode = ssl.CERT_NONE
+        self.next_path, self.schedule = next_path, schedule
+        self.idle: list[_Connection] = []
+        self.slots = asyncio.Semaphore(schedule.max_connections)
+        self.opened = 0
+        self.latencies: list[float] = []
+        self.errors = self.non2xx = 0
 
-    async def one(intended: float) -> None:
-        nonlocal opened
+    async def connect(self) -> _Connection:
+        reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self.context)
+        self.opened += 1
+        return _Connection(reader, writer)
+
+    async def send(self, path: str) -> int:
+        """One GET; a kept-alive connection the server has closed meanwhile is replaced
+        by a new one once (GETs are safe to repeat)."""
+        conn = self.idle.pop() if self.idle else None
+        reused = conn is not None
+        for attempt in (1, 2):
+            if conn is None:
+                conn = await self.connect()
+            try:
+                status = await conn.get(self.host, path)
+            except _Closed as closed:
+                conn.close()
+                return closed.status
+            except (OSError, asyncio.IncompleteReadError, ConnectionError):
+                conn.close()
+                conn = None
+                if not reused or attempt == 2:
+                    raise
+                continue
+            self.idle.append(conn)
+            return status
+        raise AssertionError("unreachable")
+
+    async def one(self, intended: float) -> None:
         delay = intended - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        async with slots:
-            conn = idle.pop() if idle else None
+        async with self.slots:
             try:
-                if conn is None:
-                    reader, writer = await asyncio.open_connection(url.hostname, port, ssl=context)
-                    conn, opened = _Connection(reader, writer), opened + 1
-                status = await conn.get(url.hostname or "", next_path())
-                idle.append(conn)
-            except _Closed as closed:
-                status = closed.status
-                conn.close()
+                status = await self.send(self.next_path())
             except (OSError, ValueError, IndexError, asyncio.IncompleteReadError, ConnectionError):
-                result["errors"] += 1
-                if conn is not None:
-                    conn.close()
+                self.errors += 1
                 return
-        latencies.append((time.perf_counter() - intended) * 1000)
+        self.latencies.append((time.perf_counter() - intended) * 1000)
         if not 200 <= status < 300:
-            result["non2xx"] += 1
+            self.non2xx += 1
 
-    start = time.perf_counter() + 0.05
-    total = int(rate * duration_s)
-    tasks = [asyncio.create_task(one(start + i / rate)) for i in range(total)]
-    # A server that cannot keep up would keep the run going for ever: what has not
-    # finished `grace_s` after the last scheduled start is a timeout (an error).
-    _, late = await asyncio.wait(tasks, timeout=duration_s + grace_s + 0.05)
-    for task in late:
-        task.cancel()
-    result["errors"] += len(late)
-    result["timeouts"] = len(late)
-    for conn in idle:
-        conn.close()
-    result.update(
-        requests=total,
-        latencies_ms=latencies,
-        connections=opened,
-        rate=rate,
-        duration_s=duration_s,
-    )
-    return result
+    async def run(self) -> dict:
+        rate, duration_s = self.schedule.rate, self.schedule.duration_s
+        start = time.perf_counter() + 0.05
+        total = int(rate * duration_s)
+        tasks = [asyncio.create_task(self.one(start + i / rate)) for i in range(total)]
+        # A server that cannot keep up would keep the run going for ever: what has not
+        # finished grace_s after the last scheduled start is a timeout (an error).
+        _, late = await asyncio.wait(tasks, timeout=duration_s + self.schedule.grace_s + 0.05)
+        for task in late:
+            task.cancel()
+        for conn in self.idle:
+            conn.close()
+        return {
+            "requests": total,
+            "errors": self.errors + len(late),
+            "timeouts": len(late),
+            "non2xx": self.non2xx,
+            "latencies_ms": self.latencies,
+            "connections": self.opened,
+            "rate": rate,
+            "duration_s": duration_s,
+        }
+
+
+async def run(base_url: str, next_path: Callable[[], str], schedule: Schedule) -> dict:
+    """Send schedule.rate requests/s for schedule.duration_s; latencies in ms from the
+    intended start of each request."""
+    return await _Generator(base_url, next_path, schedule).run()

@@ -188,6 +188,10 @@ def render_markdown(result: dict) -> str:
         "",
         f"**Status: {'FAILED' if result['failed'] else 'passed'}** "
         f"(error rate {result['error_rate'] * 100:.3f}%, budget {ERROR_BUDGET * 100:.1f}%).",
+        *[
+            f"Profile {name} could not be applied: {why}"
+            for name, why in result.get("failed_profiles", {}).items()
+        ],
         "",
         "## Ratios against the targets",
         "",

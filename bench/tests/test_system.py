@@ -85,3 +85,28 @@ def test_open_loop_counts_what_never_finishes_as_timeouts():
     assert r["requests"] == 4
     assert r["timeouts"] == 4 and r["errors"] == 4
     assert r["latencies_ms"] == []
+
+
+class _OneShotHandler(_Handler):
+    """Keeps the connection open but closes it after each response, without saying so."""
+
+    def do_GET(self):
+        super().do_GET()
+        self.close_connection = True
+
+
+def test_open_loop_replaces_connections_the_server_closed():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OneShotHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        r = asyncio.run(
+            openloop.run(
+                f"http://127.0.0.1:{server.server_port}",
+                lambda: "/",
+                openloop.Schedule(rate=50, duration_s=0.4, max_connections=1),
+            )
+        )
+    finally:
+        server.shutdown()
+    assert r["errors"] == 0
+    assert len(r["latencies_ms"]) == 20
