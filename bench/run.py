@@ -153,7 +153,8 @@ class Runner:
         return self.inventory["_meta"]["hostvars"].get(host, {}).get(name, default)
 
     def container(self, host: str) -> str:
-        return f"{self.args.prefix}-{host}"
+        """make up names its containers <prefix>-<host>; Molecule names them <host>."""
+        return f"{self.args.prefix}-{host}" if self.args.prefix else host
 
     def docker(
         self,
@@ -265,7 +266,7 @@ class Runner:
     # --- data the load needs ---------------------------------------------------------------
     def discover(self) -> None:
         self.gateway = system.network_gateway(self.args.network)
-        self.web = self.hostvar(self.hosts("web")[0], "ansible_host")
+        self.web = system.container_address(self.container(self.hosts("web")[0]), self.args.network)
         self.base_url = f"https://{self.web}"
         self.db_host = self.hosts("db")[0]
         self.cache_host = self.hosts("cache")[0]
@@ -626,7 +627,11 @@ def main() -> int:
         "--smoke", action="store_true", help="tuned and noindex, short points, under 3 minutes"
     )
     p.add_argument("--inventory", default="inventories/local", help="inventory of the stack")
-    p.add_argument("--prefix", default="stack", help="container name prefix (<prefix>-<host>)")
+    p.add_argument(
+        "--prefix",
+        default="stack",
+        help="container names: <prefix>-<host> (stack), or <host> when empty (Molecule)",
+    )
     p.add_argument("--network", default="stack-local", help="Docker network of the stack")
     p.add_argument("--db-name", default="shop")
     p.add_argument("--profiles", help="comma-separated subset of the full plan")

@@ -106,6 +106,14 @@ def network_gateway(network: str) -> str:
     return bridge_address(addr)
 
 
+def container_address(container: str, network: str) -> str:
+    """A container's address on the stack network: where the load goes."""
+    out = subprocess.run(
+        ["docker", "inspect", container], check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out)[0]["NetworkSettings"]["Networks"][network]["IPAddress"]
+
+
 def bridge_address(ip_json: str) -> str:
     """The IPv4 address in `ip -j -4 addr show dev X` output."""
     for link in json.loads(ip_json):
