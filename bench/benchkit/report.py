@@ -167,6 +167,8 @@ def error_rate(points: list[dict]) -> float:
 def _fmt(value: float | None, digits: int = 2) -> str:
     if value is None:
         return "n/a"
+    if isinstance(value, int):
+        return f"{value:,}"
     if abs(value) >= 100:
         return f"{value:,.0f}"
     return f"{value:.{digits}f}"
@@ -252,10 +254,28 @@ def render_chart(result: dict, path: str) -> None:
     labels = [f"{p['profile']}\n{p['endpoint']}" for p in points]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(10, len(points) * 0.7), 9))
     xs = range(len(points))
-    top.bar(xs, [p["median"]["rps"] for p in points], color="tab:blue")
+    colors = ["tab:green" if p["profile"] == "tuned" else "tab:blue" for p in points]
+    top.bar(xs, [p["median"]["rps"] for p in points], color=colors)
+    # Each comparison's ratio above the bar it is measured against.
+    where = {(p["profile"], p["endpoint"]): i for i, p in enumerate(points)}
+    for row in result["ratios"]:
+        den = tuple(row["denominator"].split("/"))
+        if row["kind"] == "rps" and row["value"] is not None and den in where:
+            i = where[den]
+            top.annotate(
+                f"{row['value']:.1f}x",
+                (i, points[i]["median"]["rps"]),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color="darkred" if row["ok"] is False else "black",
+            )
     top.set_yscale("log")
     top.set_ylabel("requests/s (log)")
-    top.set_title(f"Throughput and p99, {result['date']} at {result['commit']}")
+    top.set_title(
+        f"Throughput and p99, {result['date']} at {result['commit']} "
+        "(green: tuned; a number over a bar: tuned / that bar)"
+    )
     bottom.bar(xs, [p["median"].get("p99_ms") or 0 for p in points], color="tab:orange")
     bottom.set_yscale("log")
     bottom.set_ylabel("p99 ms (log)")
