@@ -557,9 +557,13 @@ class Runner:
                         continue
                 if not hasattr(self, "users"):
                     self.count_data()
-                points += self.measure_profile(profile, eps)
-                if profile == "tuned":
-                    ceilings = self.ceilings()
+                try:
+                    points += self.measure_profile(profile, eps)
+                    if profile == "tuned":
+                        ceilings = self.ceilings()
+                except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+                    self.log(f"  profile {profile} NOT measured: {exc}")
+                    self.failed_profiles[profile] = f"measuring failed: {str(exc).splitlines()[0]}"
         finally:
             if not self.args.no_apply and not self.args.keep_state:
                 self.log("back to the tuned profile")
