@@ -211,6 +211,23 @@ class Runner:
             raise RuntimeError(f"{label} failed (rc {rc}, {took:.0f} s); log {logfile}:\n{tail}")
         self.log(f"  applied {label} in {took:.0f} s")
 
+    def gather_facts(self) -> None:
+        """Every host's facts into the fact cache: a playbook for one group reads its
+        peers' addresses and sizes from there (the repository's ansible.cfg caches them)."""
+        start = time.monotonic()
+        logfile = self.logs / "facts.log"
+        with logfile.open("w") as out:
+            rc = subprocess.run(
+                ["ansible", "all", "-i", self.args.inventory, "-m", "ansible.builtin.setup"],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+            ).returncode
+        if rc != 0:
+            raise RuntimeError(f"gathering facts failed (rc {rc}); log {logfile}")
+        self.log(f"  gathered every host's facts in {time.monotonic() - start:.0f} s")
+
     def apply(self, profile: str) -> None:
         """Run only the playbooks whose variables differ from what is applied now."""
         vars_ = self.profile_vars(profile)
@@ -542,6 +559,8 @@ class Runner:
             f"nginx limit_req exempts {self.gateway}/32"
         )
         points, ceilings = [], []
+        if not self.args.no_apply:
+            self.gather_facts()
         try:
             for profile, eps in self.plan.items():
                 self.log(f"profile {profile}")
