@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 s ?=
 
-.PHONY: help packages setup lock-tools lint testbed molecule molecule-all test test-app up down
+.PHONY: help packages setup lock-tools lint testbed molecule molecule-all test test-app test-bench up down bench bench-smoke
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -58,4 +58,14 @@ test-app: ## The app's tests against a real PostgreSQL, PgBouncer and Redis (ins
 	.config/testbed/ensure-packages app
 	@if [[ -f app/Makefile ]]; then $(MAKE) -C app test; else echo "app/ has no tests yet"; fi
 
-test: packages lint test-app molecule-all ## Everything CI runs: lint, app tests, every scenario
+test-bench: setup ## The benchmark runner's unit tests (parsing, statistics, report)
+	pytest -q -p no:cacheprovider bench/tests
+
+bench: packages setup ## The full benchmark against make up's stack (about 20 min); results in bench/results
+	bench/run.py
+
+bench-smoke: packages setup ## The benchmark's machinery against make up's stack in under 3 minutes, no thresholds
+	bench/run.py --smoke
+
+# bench-smoke's run is also a test of the default scenario (test_stack_10), against its hosts.
+test: packages lint test-app test-bench molecule-all ## Everything CI runs: lint, app and bench tests, every scenario

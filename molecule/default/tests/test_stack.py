@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from stack_testinfra import assert_refused, run_playbook
+from stack_testinfra import assert_refused, inventory_dir, run_playbook
 
 testinfra_hosts = ["web1"]
 JOURNAL_UNITS = ["nginx"]
@@ -325,3 +325,47 @@ def test_stack_09_only_app_hosts_reach_pgbouncer_and_redis(scenario_host, target
     probe = f"timeout 5 bash -c '</dev/tcp/{address}/{port}'"
     assert scenario_host("app1").run(probe).rc == 0
     assert scenario_host("web1").run(probe).rc != 0
+
+
+def test_stack_10_bench_smoke_applies_profiles_loads_and_reports(scenario_host, tmp_path):
+    # `make bench-smoke`'s run, against this scenario's hosts: the profiles apply through
+    # the real playbooks (noindex drops the secondary indexes), wrk and the open-loop
+    # generator send load through nginx, and the report parses. No timing thresholds: a
+    # point counts when it served requests without errors.
+    proc = subprocess.run(
+        [
+            str(PROJECT / "bench/run.py"),
+            "--smoke",
+            "--inventory",
+            inventory_dir(),
+            "--prefix",
+            "",
+            "--network",
+            "default-net",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    print(proc.stdout[-4000:])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stem = next(tmp_path.glob("*.json")).with_suffix("")
+    report = json.loads(stem.with_suffix(".json").read_text())
+    assert report["mode"] == "smoke" and not report["failed"]
+    served = {
+        (point["profile"], point["endpoint"])
+        for point in report["points"]
+        if point["median"]["rps"] and point["median"]["errors"] == 0
+    }
+    assert {("tuned", "popular"), ("tuned", "category"), ("noindex", "category")} <= served
+    assert stem.with_suffix(".png").stat().st_size > 0
+    # The run ends on tuned: the indexes noindex dropped are back.
+    indexes = scenario_host("db1").run(
+        "sudo -u postgres psql -d shop -Atc "
+        "\"SELECT indexname FROM pg_indexes WHERE indexname = 'ix_products_category_id'\""
+    )
+    assert indexes.stdout.strip() == "ix_products_category_id"
