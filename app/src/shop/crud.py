@@ -88,13 +88,23 @@ async def create_user(session: AsyncSession, data: schemas.UserCreate, password_
 
 
 async def popular_products(session: AsyncSession, limit: int) -> list[schemas.PopularProduct]:
+    """The `limit` best sellers by units sold, ties by product id.
+
+    Order items are summed per product first and only the top `limit` sums meet
+    the products table: joining every order item to its product before grouping
+    would drag each product's columns through the aggregate of all sales."""
     sold = func.sum(OrderItem.quantity).label("sold")
-    stmt = (
-        select(Product.id, Product.name, Product.category, Product.price_cents, sold)
-        .join(OrderItem, OrderItem.product_id == Product.id)
-        .group_by(Product.id)
-        .order_by(sold.desc(), Product.id)
+    top = (
+        select(OrderItem.product_id, sold)
+        .group_by(OrderItem.product_id)
+        .order_by(sold.desc(), OrderItem.product_id)
         .limit(limit)
+        .subquery()
+    )
+    stmt = (
+        select(Product.id, Product.name, Product.category, Product.price_cents, top.c.sold)
+        .join(top, top.c.product_id == Product.id)
+        .order_by(top.c.sold.desc(), Product.id)
     )
     rows = (await session.execute(stmt)).all()
     return [schemas.PopularProduct.model_validate(row) for row in rows]

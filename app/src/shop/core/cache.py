@@ -1,6 +1,8 @@
 """A fail-open cache of bytes on Redis: an outage turns into cache misses, never errors."""
 
 import logging
+import secrets
+import time
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -15,6 +17,39 @@ log = logging.getLogger(__name__)
 # Errors that mean "Redis is not there right now"; anything else is a bug and
 # should surface.
 _OUTAGE = (RedisError, OSError, TimeoutError)
+
+# Deletes a lock only while it still holds the owner's token: a holder whose lock
+# expired must not release the lock a later holder took.
+_UNLOCK = """
+if redis.call("get", KEYS[1]) == ARGV[1] then
+    return redis.call("del", KEYS[1])
+end
+return 0
+"""
+
+# What lock() hands back when Redis is down: the caller goes ahead (fails open),
+# and unlock() of it is a no-op.
+OUTAGE_TOKEN = ""
+
+
+class CacheOutage(Exception):
+    """Redis did not answer a peek()."""
+
+
+def pack(body: bytes, fresh_seconds: float) -> bytes:
+    """An entry that is fresh for `fresh_seconds`: its soft expiry (Unix time in ms) as
+    a first line, then the body. One GET reads both."""
+    return b"%d\n" % int((time.time() + fresh_seconds) * 1000) + body
+
+
+def unpack(raw: bytes) -> tuple[bool, bytes]:
+    """(fresh, body) of a packed entry; one that does not parse counts as stale."""
+    head, _, body = raw.partition(b"\n")
+    try:
+        fresh = time.time() * 1000 < int(head)
+    except ValueError:
+        fresh = False
+    return fresh, body
 
 
 def create_redis(settings: Settings) -> Redis:
@@ -35,9 +70,20 @@ class Cache:
 
     enabled = True
 
-    def __init__(self, redis: Redis, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        ttl_seconds: int,
+        stale_seconds: int = 0,
+        lock_wait_seconds: float = 5.0,
+    ) -> None:
         self.redis = redis
+        # How long an entry is fresh, and how much longer Redis keeps it for entries
+        # that may be served stale while one worker refreshes them (pack/unpack).
         self.ttl_seconds = ttl_seconds
+        self.stale_seconds = stale_seconds
+        # How long a read of a missing entry waits for the lock holder computing it.
+        self.lock_wait_seconds = lock_wait_seconds
 
     async def get(self, key: str) -> bytes | None:
         try:
@@ -52,9 +98,16 @@ class Cache:
         metrics.CACHE_REQUESTS.labels("hit").inc()
         return raw
 
-    async def set(self, key: str, value: bytes) -> None:
+    async def peek(self, key: str) -> bytes | None:
+        """get() without the hit/miss count, for polling; raises CacheOutage."""
         try:
-            await self.redis.set(key, value, ex=self.ttl_seconds)
+            return await self.redis.get(key)
+        except _OUTAGE as exc:
+            raise CacheOutage(str(exc)) from exc
+
+    async def set(self, key: str, value: bytes, ttl_seconds: int | None = None) -> None:
+        try:
+            await self.redis.set(key, value, ex=ttl_seconds or self.ttl_seconds)
         except _OUTAGE as exc:
             log.warning("cache set %s failed: %s", key, exc)
 
@@ -64,6 +117,26 @@ class Cache:
         except _OUTAGE as exc:
             # The TTL bounds how long the stale value can live.
             log.warning("cache delete %s failed: %s", key, exc)
+
+    async def lock(self, key: str, ttl_ms: int) -> str | None:
+        """Takes the lock `key` for at most `ttl_ms` (SET NX PX): its token, or None while
+        another holds it. Redis down: OUTAGE_TOKEN, so that the caller goes ahead."""
+        token = secrets.token_hex(16)
+        try:
+            taken = await self.redis.set(key, token, nx=True, px=ttl_ms)
+        except _OUTAGE as exc:
+            log.warning("cache lock %s failed, going ahead without it: %s", key, exc)
+            return OUTAGE_TOKEN
+        return token if taken else None
+
+    async def unlock(self, key: str, token: str) -> None:
+        if token == OUTAGE_TOKEN:
+            return
+        try:
+            await self.redis.eval(_UNLOCK, 1, key, token)
+        except _OUTAGE as exc:
+            # The lock's expiry releases it.
+            log.warning("cache unlock %s failed: %s", key, exc)
 
     async def ping(self) -> bool:
         try:
@@ -85,7 +158,7 @@ class DisabledCache:
     async def get(self, key: str) -> bytes | None:
         return None
 
-    async def set(self, key: str, value: bytes) -> None:
+    async def set(self, key: str, value: bytes, ttl_seconds: int | None = None) -> None:
         return None
 
     async def delete(self, key: str) -> None:
@@ -101,4 +174,9 @@ class DisabledCache:
 def create_cache(settings: Settings) -> Cache | DisabledCache:
     if not settings.cache_enabled:
         return DisabledCache()
-    return Cache(create_redis(settings), settings.cache_ttl_seconds)
+    return Cache(
+        create_redis(settings),
+        settings.cache_ttl_seconds,
+        settings.cache_stale_seconds,
+        settings.cache_lock_wait_seconds,
+    )

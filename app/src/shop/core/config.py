@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     blocking_io: bool = False
 
     cache_ttl_seconds: int = Field(default=60, ge=1)
+    # The popular list stays in Redis this much longer than its TTL: past the TTL one
+    # worker (holding a Redis lock) recomputes it while the others serve the stale
+    # copy. 0: the entry expires at its TTL and the next read computes it.
+    cache_stale_seconds: int = Field(default=240, ge=0)
+    # With no entry at all, how long a read waits for the worker computing it before
+    # it runs the query itself.
+    cache_lock_wait_seconds: float = Field(default=5.0, gt=0)
     # Short on purpose: a Redis outage must cost a request milliseconds, not seconds.
     redis_timeout_seconds: float = Field(default=0.25, gt=0)
 

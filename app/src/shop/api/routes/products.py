@@ -1,18 +1,29 @@
+import asyncio
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from pydantic import TypeAdapter
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from shop import crud, schemas
 from shop.api.deps import CacheDep, SessionDep
+from shop.core.cache import Cache, CacheOutage, pack, unpack
 
 router = APIRouter(prefix="/api/products", tags=["products"])
 
 # One cache entry holds the longest list any client may ask for; shorter
-# lists are slices of it, so an order invalidates a single key. v2: the entry is
-# the products' JSON, one per line (v1 was a JSON list).
-POPULAR_CACHE_KEY = "shop:products:popular:v2"
+# lists are slices of it, so an order invalidates a single key (deletes it: the
+# next read computes a fresh list). v3: a first line holds the entry's soft expiry
+# (cache.pack), then the products' JSON, one per line (v2 had no expiry line, v1
+# was a JSON list).
+POPULAR_CACHE_KEY = "shop:products:popular:v3"
 POPULAR_MAX = 100
+# Held by the one worker, on any host, that recomputes the list. Its expiry bounds
+# how long a worker that died mid-query keeps the others from refreshing.
+POPULAR_LOCK_KEY = POPULAR_CACHE_KEY + ":refresh"
+POPULAR_LOCK_MS = 30_000
+_POLL_SECONDS = 0.05
 
 _POPULAR_ITEM = TypeAdapter(schemas.PopularProduct)
 
@@ -27,21 +38,64 @@ def _json_list(lines: bytes, limit: int) -> bytes:
     return b"[" + b",".join(lines.split(b"\n", limit)[:limit]) + b"]"
 
 
+async def _compute(session: AsyncSession, cache: Cache) -> list[schemas.PopularProduct]:
+    products = await crud.popular_products(session, POPULAR_MAX)
+    body = b"\n".join(_POPULAR_ITEM.dump_json(p) for p in products)
+    await cache.set(
+        POPULAR_CACHE_KEY,
+        pack(body, cache.ttl_seconds),
+        ttl_seconds=cache.ttl_seconds + cache.stale_seconds,
+    )
+    return products
+
+
+async def _wait_for_entry(cache: Cache) -> bytes | None:
+    """The entry another worker is computing, polled until cache.lock_wait_seconds pass."""
+    deadline = time.monotonic() + cache.lock_wait_seconds
+    while time.monotonic() < deadline:
+        await asyncio.sleep(_POLL_SECONDS)
+        try:
+            raw = await cache.peek(POPULAR_CACHE_KEY)
+        except CacheOutage:
+            return None
+        if raw is not None:
+            return raw
+    return None
+
+
 @router.get("/popular", response_model=list[schemas.PopularProduct])
 async def popular_products(
     session: SessionDep,
     cache: CacheDep,
     limit: Annotated[int, Query(ge=1, le=POPULAR_MAX)] = 10,
 ) -> object:
+    """One aggregate over all sales, computed by one worker at a time.
+
+    Fresh entry: its bytes. Stale entry (past the TTL, kept cache_stale_seconds
+    longer): the worker that takes the lock recomputes it, every other request
+    answers the stale bytes meanwhile. No entry: the lock holder computes it, the
+    others wait up to cache_lock_wait_seconds for it, then compute it themselves."""
     cached = await cache.get(POPULAR_CACHE_KEY)
     if cached is not None:
-        # The hot path: no parsing, no models, no serialization.
-        return Response(_json_list(cached, limit), media_type="application/json")
+        fresh, body = unpack(cached)
+        if fresh:
+            # The hot path: no parsing, no models, no serialization.
+            return Response(_json_list(body, limit), media_type="application/json")
     if not cache.enabled:
         return await crud.popular_products(session, limit)
-    products = await crud.popular_products(session, POPULAR_MAX)
-    await cache.set(POPULAR_CACHE_KEY, b"\n".join(_POPULAR_ITEM.dump_json(p) for p in products))
-    return products[:limit]
+    assert isinstance(cache, Cache)
+    token = await cache.lock(POPULAR_LOCK_KEY, POPULAR_LOCK_MS)
+    if token is None:
+        if cached is None:
+            cached = await _wait_for_entry(cache)
+        if cached is not None:
+            body = unpack(cached)[1]
+            return Response(_json_list(body, limit), media_type="application/json")
+        return (await _compute(session, cache))[:limit]
+    try:
+        return (await _compute(session, cache))[:limit]
+    finally:
+        await cache.unlock(POPULAR_LOCK_KEY, token)
 
 
 @router.get("")
