@@ -37,6 +37,8 @@ PROFILES_DIR = BENCH / "profiles"
 # issue asks for it (async vs blocking), fewer where a naive build answers in seconds.
 ENDPOINTS = {
     "popular": ("/api/products/popular?limit=10", 32),
+    # FastAPI's own floor: a route that touches nothing (no database, no cache).
+    "live": ("/health/live", 32),
     "user": ("script:user", 64),
     "user-orders": ("script:user-orders", 32),
     "category": ("script:category", 32),
@@ -59,6 +61,7 @@ MIX = {"popular": 4, "user": 2, "user-orders": 2, "category": 2}
 FULL = {
     "tuned": [
         "popular",
+        "live",
         "user",
         "user-orders",
         "category",
@@ -358,6 +361,7 @@ class Runner:
             sum(used.values()) / 1000 / result["requests"] if result["requests"] else None
         )
         result["steal_pct"] = system.steal_pct(steal0, steal1)
+        result["host_busy_pct"] = system.busy_pct(steal0, steal1)
         return result
 
     def user_orders_path(self, rng: random.Random) -> str:
@@ -431,7 +435,15 @@ class Runner:
     def _point(profile: str, endpoint: str, rounds: list[dict]) -> dict:
         median = {
             k: stats.median(r.get(k) for r in rounds)
-            for k in ("rps", "p50_ms", "p99_ms", "p999_ms", "cpu_ms_per_req", "steal_pct")
+            for k in (
+                "rps",
+                "p50_ms",
+                "p99_ms",
+                "p999_ms",
+                "cpu_ms_per_req",
+                "steal_pct",
+                "host_busy_pct",
+            )
         }
         median["errors"] = sum(r["errors"] for r in rounds)
         median["non2xx"] = sum(r["non2xx"] for r in rounds)

@@ -68,6 +68,22 @@ TARGETS = [
     ),
     # Measured effects without a target in the issue: one per remaining tip.
     (
+        "FastAPI floor (/health/live, no I/O) vs hello-world ceiling",
+        ("tuned", "live"),
+        ("hello", "popular"),
+        "rps",
+        None,
+        None,
+    ),
+    (
+        "cached popular read vs FastAPI floor",
+        ("tuned", "popular"),
+        ("tuned", "live"),
+        "rps",
+        None,
+        None,
+    ),
+    (
         "Redis cache on vs off, popular read",
         ("tuned", "popular"),
         ("nocache", "popular"),
@@ -142,6 +158,42 @@ def ratios(points: list[dict]) -> list[dict]:
     return rows
 
 
+def bounds(points: list[dict], rows: list[dict]) -> list[dict]:
+    """For each throughput target missed: the most the machine allowed it.
+
+    The denominator point kept the whole machine busy_pct busy (load generator included)
+    at cpu_den server-CPU ms per request; the numerator costs cpu_num. Had the numerator
+    turned every idle cycle into requests at its own cost per request, its ratio would
+    be (cpu_den / cpu_num) * (100 / busy_pct): a ceiling above the reachable ratio (the
+    load generator's share grows with the rate too), so a target above it cannot be met
+    on this machine, whatever the stack does."""
+    index = {point_key(p): p["median"] for p in points}
+    out = []
+    for row in rows:
+        if row["kind"] != "rps" or row["ok"] is not False:
+            continue
+        num = index[tuple(row["numerator"].split("/"))]
+        den = index[tuple(row["denominator"].split("/"))]
+        cpu_num, cpu_den, busy = (
+            num.get("cpu_ms_per_req"),
+            den.get("cpu_ms_per_req"),
+            den.get("host_busy_pct"),
+        )
+        if not (cpu_num and cpu_den and busy):
+            continue
+        out.append(
+            {
+                "comparison": row["comparison"],
+                "cpu_num": cpu_num,
+                "cpu_den": cpu_den,
+                "busy_den": busy,
+                "bound": cpu_den / cpu_num * 100 / busy,
+                "target": row["target"],
+            }
+        )
+    return out
+
+
 def error_row(points: list[dict]) -> dict:
     errors = sum(
         r.get("errors", 0) + r.get("non2xx", 0) for p in points for r in p.get("rounds", [])
@@ -206,13 +258,34 @@ def render_markdown(result: dict) -> str:
         )
         target = "" if row["op"] is None else f"{row['op']} {row['target']}"
         lines.append(f"| {row['comparison']} | {measured} | {target} | {_verdict(row)} |")
+    missed = bounds(result["points"], result["ratios"])
+    if missed:
+        lines += [
+            "",
+            "## What this machine allows the missed targets",
+            "",
+            "Each bound: had the tuned side turned every idle CPU cycle of the other side's "
+            "point into requests at its own server CPU per request, its ratio would reach "
+            "(CPU/req of the other side / CPU/req of the tuned side) x (100 / busy %), the "
+            "busy % being the whole machine's (2 cores, load generator included) during "
+            "the other side's point. A target above its bound cannot be met here.",
+            "",
+            "| comparison | CPU ms/req, tuned side | CPU ms/req, other side "
+            "| machine busy, other side | bound | target |",
+            "|---|---|---|---|---|---|",
+        ]
+        for b in missed:
+            lines.append(
+                f"| {b['comparison']} | {b['cpu_num']:.3f} | {b['cpu_den']:.3f} | "
+                f"{b['busy_den']:.0f}% | {b['bound']:.2f}x | {b['target']} |"
+            )
     lines += [
         "",
         "## Points (medians)",
         "",
         "| profile | endpoint | conns / rate | req/s | p50 ms | p99 ms | p99.9 ms "
-        "| CPU ms/req | errors | non-2xx |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU ms/req | machine busy | errors | non-2xx |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in result["points"]:
         m = p["median"]
@@ -220,7 +293,8 @@ def render_markdown(result: dict) -> str:
         lines.append(
             f"| {p['profile']} | {p['endpoint']} | {load} | {_fmt(m.get('rps'), 0)} | "
             f"{_fmt(m.get('p50_ms'))} | {_fmt(m.get('p99_ms'))} | {_fmt(m.get('p999_ms'))} | "
-            f"{_fmt(m.get('cpu_ms_per_req'), 3)} | {m.get('errors', 0)} | {m.get('non2xx', 0)} |"
+            f"{_fmt(m.get('cpu_ms_per_req'), 3)} | {_fmt(m.get('host_busy_pct'), 0)}% | "
+            f"{m.get('errors', 0)} | {m.get('non2xx', 0)} |"
         )
     lines += ["", "## Ceilings", ""]
     for c in result.get("ceilings", []):

@@ -64,23 +64,31 @@ class CpuMeter:
         return {name: read_cpu_usec(path) for name, path in self.files.items()}
 
 
-def parse_proc_stat(text: str) -> tuple[int, int]:
-    """(steal, total) jiffies of all CPUs from /proc/stat's first line."""
+def parse_proc_stat(text: str) -> tuple[int, int, int]:
+    """(steal, total, idle) jiffies of all CPUs from /proc/stat's first line; idle
+    counts iowait too (a CPU waiting for a disk could run something else)."""
     fields = text.splitlines()[0].split()
     assert fields[0] == "cpu", "first line of /proc/stat is the cpu total"
     values = [int(v) for v in fields[1:]]
     # user nice system idle iowait irq softirq steal [guest guest_nice]: guests are
     # already counted in user and nice.
-    return values[7] if len(values) > 7 else 0, sum(values[:8])
+    return values[7] if len(values) > 7 else 0, sum(values[:8]), values[3] + values[4]
 
 
-def read_steal() -> tuple[int, int]:
+def read_steal() -> tuple[int, int, int]:
     return parse_proc_stat(Path("/proc/stat").read_text())
 
 
-def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
+def steal_pct(before: tuple, after: tuple) -> float:
     total = after[1] - before[1]
     return 100.0 * (after[0] - before[0]) / total if total > 0 else 0.0
+
+
+def busy_pct(before: tuple, after: tuple) -> float:
+    """How busy the whole machine was (every process, the load generator's too), in % of
+    all its CPUs: what a comparison had left to win."""
+    total = after[1] - before[1]
+    return 100.0 * (total - (after[2] - before[2])) / total if total > 0 else 0.0
 
 
 def network_gateway(network: str) -> str:

@@ -102,3 +102,16 @@ def test_chart_is_a_png(tmp_path):
     path = tmp_path / "chart.png"
     report.render_chart(json.loads(json.dumps(result(POINTS))), str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_missed_target_gets_the_bound_the_machine_allows():
+    tuned = point("tuned", "popular", 1900)
+    one = point("workers1", "popular", 1800)
+    tuned["median"]["cpu_ms_per_req"], one["median"]["cpu_ms_per_req"] = 1.0, 0.9
+    one["median"]["host_busy_pct"] = 90.0
+    rows = report.ratios([tuned, one])
+    (bound,) = report.bounds([tuned, one], rows)
+    assert bound["comparison"] == "workers = cores vs 1 worker"
+    # 0.9 / 1.0 ms per request, and 10% of the machine idle: at most 1.0x.
+    assert bound["bound"] == pytest.approx(1.0)
+    assert report.bounds([tuned, one], report.ratios([point("tuned", "popular", 3700), one])) == []

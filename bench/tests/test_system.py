@@ -11,9 +11,10 @@ def test_parse_cpu_stat():
 
 
 def test_proc_stat_steal_and_total():
-    steal, total = system.parse_proc_stat("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 1 2 3\n")
-    assert steal == 35 and total == 1000
-    assert system.steal_pct((0, 0), (35, 1000)) == 3.5
+    steal, total, idle = system.parse_proc_stat("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 1 2 3\n")
+    assert steal == 35 and total == 1000 and idle == 810
+    assert system.steal_pct((0, 0, 0), (35, 1000, 810)) == 3.5
+    assert system.busy_pct((0, 0, 0), (35, 1000, 810)) == 19.0
 
 
 def test_bridge_address_from_ip_json():
