@@ -15,6 +15,7 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 from redis import Redis
 
@@ -71,6 +72,10 @@ async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async for app in running_app(settings):
         async with client_for(app) as client:
             yield client
+
+
+def _unavailable_count(cause: str) -> float:
+    return REGISTRY.get_sample_value("shop_unavailable_responses_total", {"cause": cause}) or 0.0
 
 
 async def _timed(request: asyncio.Future) -> tuple[httpx.Response, float]:
@@ -130,8 +135,12 @@ async def test_postgresql_stopped_fast_503_then_back_without_restart(
             for r in await asyncio.gather(*(client.get(f"/api/users/{user}") for _ in range(5)))
         )
 
+        checked_out = REGISTRY.get_sample_value("shop_db_pool_checked_out")
         postgres.stop_server()
+        before = _unavailable_count("database")
         await _requests_while_down(client, user, product)
+        # The database's own bounds answered, not the request deadline.
+        assert _unavailable_count("database") > before
 
         await asyncio.to_thread(postgres.start_server)  # returns once PostgreSQL answers
         assert await _seconds_until_success(client, user) < RECOVERY_SECONDS
@@ -139,6 +148,20 @@ async def test_postgresql_stopped_fast_503_then_back_without_restart(
         responses = await asyncio.gather(*(client.get(f"/api/users/{user}") for _ in range(20)))
         assert [r.status_code for r in responses] == [200] * 20
         assert (await client.get("/health/ready")).status_code == 200
+        # Failed checkouts were not counted as connections in use, nor uncounted.
+        assert REGISTRY.get_sample_value("shop_db_pool_checked_out") == checked_out
+
+
+async def _lock_waiters_gone(conn: asyncpg.Connection) -> bool:
+    for _ in range(40):
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = 'shop'"
+        )
+        if waiting == 0:
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 @pytest.mark.parametrize("via_pgbouncer", [True, False], ids=["pgbouncer", "direct"])
@@ -165,12 +188,9 @@ async def test_slow_database_answers_503_within_the_statement_bound(
                 for response, seconds in results:
                     _assert_unavailable(response, seconds)
                     assert seconds >= settings.db_statement_timeout_seconds * 0.9
-                # Cancelled on the server, not left waiting for the lock.
-                waiting = await locker.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE wait_event_type = 'Lock' AND datname = 'shop'"
-                )
-                assert waiting == 0
+                # Cancelled on the server, not left waiting for the lock (which it would
+                # do until the lock goes: a statement whose cancel got lost never leaves).
+                assert await _lock_waiters_gone(locker)
         finally:
             await locker.close()
         assert (await client.get(f"/api/users/{user}")).status_code == 200
@@ -190,7 +210,9 @@ async def test_the_request_deadline_answers_whatever_the_request_waits_for(
     )
     async for client in _client(settings):
         Redis.from_url(redis_url).set(POPULAR_LOCK_KEY, "dead worker", px=POPULAR_LOCK_MS)
+        before = _unavailable_count("deadline")
         response, seconds = await _timed(client.get("/api/products/popular"))
+        assert _unavailable_count("deadline") == before + 1
         _assert_unavailable(response, seconds)
         assert response.json() == {"detail": "the service did not answer in time, retry"}
         assert seconds >= settings.request_timeout_seconds

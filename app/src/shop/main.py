@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from shop import __version__, crud
+from shop import __version__, crud, metrics
 from shop.api.main import routers
 from shop.core.cache import create_cache
 from shop.core.config import Settings, get_settings
@@ -101,6 +101,7 @@ def _install_error_handlers(app: FastAPI, retry_after_seconds: int) -> None:
     async def unavailable(_: Request, exc: Exception) -> JSONResponse:
         # asyncpg's TimeoutError (a connect or a statement ran out of time) has no text.
         log.error("database unavailable: %s", str(exc) or f"{type(exc).__name__}: timed out")
+        metrics.UNAVAILABLE.labels("database").inc()
         response = _error(status.HTTP_503_SERVICE_UNAVAILABLE, "database unavailable, retry")
         response.headers["Retry-After"] = str(retry_after_seconds)
         return response

@@ -201,6 +201,9 @@ def create_blocking_engine(settings: Settings) -> Engine:
     return create_sync_engine(url, connect_args=connect, **pool_args(settings))
 
 
+_COUNTED = "shop_checked_out"
+
+
 def instrument_pool(engine: AsyncEngine, settings: Settings) -> None:
     """Keep the pool gauges current from pool events, so a scrape costs nothing."""
     # Without a pool there is no limit to report: 0, and the checked-out gauge still
@@ -209,13 +212,18 @@ def instrument_pool(engine: AsyncEngine, settings: Settings) -> None:
     metrics.DB_POOL_SIZE.set(pool_size)
     pool = engine.sync_engine.pool
 
+    # A checkout that fails (its pre-ping or its connect, as while the database is down)
+    # is checked in without ever having been checked out: only a connection the
+    # checkout event counted is uncounted, or the gauge would drift below zero.
     @event.listens_for(pool, "checkout")
-    def _checkout(*_: object) -> None:
+    def _checkout(_dbapi_connection: object, record: Any, _proxy: object) -> None:
+        record.info[_COUNTED] = True
         metrics.DB_POOL_CHECKED_OUT.inc()
 
     @event.listens_for(pool, "checkin")
-    def _checkin(*_: object) -> None:
-        metrics.DB_POOL_CHECKED_OUT.dec()
+    def _checkin(_dbapi_connection: object, record: Any) -> None:
+        if record is not None and record.info.pop(_COUNTED, False):
+            metrics.DB_POOL_CHECKED_OUT.dec()
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

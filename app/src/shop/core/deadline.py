@@ -12,6 +12,8 @@ import json
 import logging
 from typing import Any
 
+from shop import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -51,6 +53,7 @@ class RequestDeadlineMiddleware:
                 scope.get("path"),
                 self.timeout_seconds,
             )
+            metrics.UNAVAILABLE.labels("deadline").inc()
             if started:
                 return
             body = json.dumps({"detail": "the service did not answer in time, retry"}).encode()
