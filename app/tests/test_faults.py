@@ -221,6 +221,48 @@ async def test_the_request_deadline_answers_whatever_the_request_waits_for(
         assert (await client.get("/api/products/popular")).status_code == 200
 
 
+async def test_the_deadline_cuts_a_statement_short_and_the_pool_stays_sound(
+    running_postgres: PostgresServer, own_pgbouncer: int, redis_url: str
+) -> None:
+    """The deadline passes while a statement waits on the server (through PgBouncer,
+    where only the driver's cancel can stop it): the request is answered 503, the
+    statement is cancelled on the server and the worker's next requests succeed."""
+    postgres = running_postgres
+    settings = make_settings(
+        postgres.url("shop", port=own_pgbouncer),
+        redis_url,
+        pgbouncer=True,
+        request_timeout_seconds=1.5,
+        db_pool_timeout_seconds=0.2,
+        db_statement_timeout_seconds=1.2,
+        cache_lock_wait_seconds=0.5,
+    )
+    async for client in _client(settings):
+        user = await create_user(client, "cut-short@example.com")
+        # A dead lock holder: the request waits 0.5 s for it, then queries itself, and
+        # the query waits for the table lock; the deadline comes before the statement bound.
+        Redis.from_url(redis_url).set(POPULAR_LOCK_KEY, "dead worker", px=POPULAR_LOCK_MS)
+        locker = await asyncpg.connect(
+            host="127.0.0.1", port=postgres.port, user=postgres.user, database="shop"
+        )
+        try:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
+                before = _unavailable_count("deadline")
+                response, seconds = await _timed(client.get("/api/products/popular"))
+                _assert_unavailable(response, seconds)
+                assert _unavailable_count("deadline") == before + 1
+                assert await _lock_waiters_gone(locker)
+        finally:
+            await locker.close()
+        Redis.from_url(redis_url).delete(POPULAR_LOCK_KEY)
+        responses = await asyncio.gather(
+            client.get("/api/products/popular"),
+            *(client.get(f"/api/users/{user}") for _ in range(10)),
+        )
+        assert [r.status_code for r in responses] == [200] * 11
+
+
 @pytest.mark.parametrize("field", ["name", "email"])
 async def test_a_value_postgresql_refuses_is_a_422_not_a_503(
     client: httpx.AsyncClient, field: str
