@@ -159,15 +159,18 @@ def start_postgres() -> tuple[PostgresServer, Callable[[], None]]:
     return server, stop
 
 
-def start_pgbouncer(postgres: PostgresServer, settings: str = "") -> tuple[int, Callable[[], None]]:
+def start_pgbouncer(
+    postgres: PostgresServer, settings: str = "", port: int | None = None
+) -> tuple[int, Callable[[], None]]:
     """PgBouncer in transaction mode, with fewer server connections than the app
     opens, so clients really share server connections between transactions.
-    `settings`: more lines for its [pgbouncer] section."""
+    `settings`: more lines for its [pgbouncer] section; `port`: where it listens (a
+    free one by default)."""
     binary = pgbouncer_bin()
     if binary is None:
         raise RuntimeError("pgbouncer not found; apt-get install pgbouncer")
     base = _server_owned_tempdir("shop-pgbouncer-")
-    port = free_port()
+    port = port or free_port()
     (base / "userlist.txt").write_text(f'"{postgres.user}" ""\n')
     (base / "pgbouncer.ini").write_text(
         f"""[databases]

@@ -164,6 +164,31 @@ async def _lock_waiters_gone(conn: asyncpg.Connection) -> bool:
     return False
 
 
+async def test_pgbouncer_restarted_fast_503_then_back_without_restart(
+    running_postgres: PostgresServer, redis_url: str
+) -> None:
+    postgres = running_postgres
+    port, stop = start_pgbouncer(postgres, PGBOUNCER_SERVER_SETTINGS)
+    try:
+        url = postgres.url("shop", port=port)
+        (product,) = await insert_products(postgres.url("shop"), [("Bouncer", "faults", 1)])
+        async for client in _client(make_settings(url, redis_url, pgbouncer=True)):
+            user = await create_user(client, "bouncer-restart@example.com")
+            assert (await client.get(f"/api/users/{user}")).status_code == 200
+
+            stop()  # Its pooled client connections are closed with it.
+            await _requests_while_down(client, user, product)
+
+            _, stop = await asyncio.to_thread(
+                start_pgbouncer, postgres, PGBOUNCER_SERVER_SETTINGS, port
+            )  # returns once it listens
+            assert await _seconds_until_success(client, user) < RECOVERY_SECONDS
+            responses = await asyncio.gather(*(client.get(f"/api/users/{user}") for _ in range(20)))
+            assert [r.status_code for r in responses] == [200] * 20
+    finally:
+        stop()
+
+
 @pytest.mark.parametrize("via_pgbouncer", [True, False], ids=["pgbouncer", "direct"])
 async def test_slow_database_answers_503_within_the_statement_bound(
     running_postgres: PostgresServer, own_pgbouncer: int, redis_url: str, via_pgbouncer: bool
