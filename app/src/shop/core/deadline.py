@@ -47,15 +47,14 @@ class RequestDeadlineMiddleware:
         except TimeoutError:
             if not deadline.expired():
                 raise
-            log.warning(
-                "%s %s not answered within %.1f s: 503",
-                scope.get("method"),
-                scope.get("path"),
-                self.timeout_seconds,
-            )
-            metrics.UNAVAILABLE.labels("deadline").inc()
+            method, path = scope.get("method"), scope.get("path")
             if started:
+                log.warning(
+                    "%s %s cut off: not done within %g s", method, path, self.timeout_seconds
+                )
                 return
+            log.warning("%s %s not answered within %g s: 503", method, path, self.timeout_seconds)
+            metrics.UNAVAILABLE.labels("deadline").inc()
             body = json.dumps({"detail": "the service did not answer in time, retry"}).encode()
             await send(
                 {
