@@ -18,10 +18,12 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
 from redis import Redis
+from sqlalchemy.exc import DBAPIError
 
 from shop import migrations
 from shop.api.routes.products import POPULAR_LOCK_KEY, POPULAR_LOCK_MS
 from shop.core.config import Settings
+from shop.main import create_app
 from tests.conftest import client_for, create_user, insert_products, make_settings, running_app
 from tests.servers import PostgresServer, start_pgbouncer, start_postgres
 
@@ -370,3 +372,43 @@ async def test_database_connections_notice_a_vanished_peer(app: FastAPI) -> None
 def test_bounds_that_do_not_fit_the_deadline_are_refused(bounds: dict[str, float]) -> None:
     with pytest.raises(ValidationError, match="must be below request_timeout_seconds"):
         Settings(_env_file=None, request_timeout_seconds=3, **bounds)
+
+
+class _DriverError(Exception):
+    """What a driver raises: an error with its SQLSTATE."""
+
+    def __init__(self, sqlstate: str | None) -> None:
+        super().__init__(f"driver error {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "status"),
+    [
+        ("22021", 422),  # character_not_in_repertoire (a NUL in text)
+        ("22003", 422),  # numeric_value_out_of_range
+        ("08006", 503),  # connection_failure
+        ("57014", 503),  # query_canceled (statement_timeout)
+        ("57P01", 503),  # admin_shutdown
+        ("57P03", 503),  # cannot_connect_now (starting up, shutting down)
+        ("53300", 503),  # too_many_connections
+        ("40001", 503),  # serialization_failure
+        ("40P01", 503),  # deadlock_detected
+        ("55P03", 503),  # lock_not_available
+        (None, 503),  # no SQLSTATE: the driver lost the connection
+        ("42P01", 500),  # undefined_table: a bug (or missing migrations), not the client's
+    ],
+)
+async def test_database_errors_are_classified_by_sqlstate(
+    settings: Settings, sqlstate: str | None, status: int
+) -> None:
+    app = create_app(settings)
+
+    async def fail() -> None:
+        raise DBAPIError("SELECT 1", None, _DriverError(sqlstate))
+
+    app.add_api_route("/fail", fail)
+    async with client_for(app) as client:
+        response = await client.get("/fail")
+    assert response.status_code == status
+    assert ("Retry-After" in response.headers) == (status == 503)

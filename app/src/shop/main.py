@@ -78,7 +78,7 @@ def is_transient(exc: DBAPIError) -> bool:
 
 
 def _install_error_handlers(app: FastAPI, retry_after_seconds: int) -> None:
-    """Map every expected failure to a 4xx/503, so clients never see a bare 500.
+    """Map every expected failure to a 4xx or a 503, each with a JSON body.
 
     What the client sent and the database refused is the client's to fix (4xx); a
     database that does not answer, or answers "not now", is a 503 with Retry-After.
