@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -79,6 +79,26 @@ class PostgresServer:
     port: int
     base: Path
     user: str = "postgres"
+    # What pg_ctl needs to stop and start the server again (fault tests).
+    pg_ctl: list[str] = field(default_factory=list)
+    options: str = ""
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """Stops the server, as `systemctl stop` would (fast: sessions are terminated)."""
+        subprocess.run(
+            as_server_user([*self.pg_ctl, "-m", mode, "-w", "stop"]),
+            check=True,
+            capture_output=True,
+        )
+
+    def start_server(self) -> None:
+        subprocess.run(
+            as_server_user(
+                [*self.pg_ctl, "-o", self.options, "-l", str(self.base / "log"), "-w", "start"]
+            ),
+            check=True,
+            capture_output=True,
+        )
 
     def url(self, database: str, *, port: int | None = None) -> str:
         return f"postgresql+asyncpg://{self.user}@127.0.0.1:{port or self.port}/{database}"
@@ -125,11 +145,8 @@ def start_postgres() -> tuple[PostgresServer, Callable[[], None]]:
         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
     )
     pg_ctl = [str(bin_dir / "pg_ctl"), "-D", str(data)]
-    subprocess.run(
-        as_server_user([*pg_ctl, "-o", options, "-l", str(base / "log"), "-w", "start"]),
-        check=True,
-        capture_output=True,
-    )
+    server = PostgresServer(port=port, base=base, pg_ctl=pg_ctl, options=options)
+    server.start_server()
 
     def stop() -> None:
         subprocess.run(
@@ -139,17 +156,21 @@ def start_postgres() -> tuple[PostgresServer, Callable[[], None]]:
         )
         shutil.rmtree(base, ignore_errors=True)
 
-    return PostgresServer(port=port, base=base), stop
+    return server, stop
 
 
-def start_pgbouncer(postgres: PostgresServer) -> tuple[int, Callable[[], None]]:
+def start_pgbouncer(
+    postgres: PostgresServer, settings: str = "", port: int | None = None
+) -> tuple[int, Callable[[], None]]:
     """PgBouncer in transaction mode, with fewer server connections than the app
-    opens, so clients really share server connections between transactions."""
+    opens, so clients really share server connections between transactions.
+    `settings`: more lines for its [pgbouncer] section; `port`: where it listens (a
+    free one by default)."""
     binary = pgbouncer_bin()
     if binary is None:
         raise RuntimeError("pgbouncer not found; apt-get install pgbouncer")
     base = _server_owned_tempdir("shop-pgbouncer-")
-    port = free_port()
+    port = port or free_port()
     (base / "userlist.txt").write_text(f'"{postgres.user}" ""\n')
     (base / "pgbouncer.ini").write_text(
         f"""[databases]
@@ -165,7 +186,7 @@ pool_mode = transaction
 default_pool_size = 2
 max_client_conn = 200
 logfile = {base}/pgbouncer.log
-"""
+{settings}"""
     )
     if os.geteuid() == 0:
         for name in ("userlist.txt", "pgbouncer.ini"):

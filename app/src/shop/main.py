@@ -11,11 +11,12 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from shop import __version__, crud
+from shop import __version__, crud, metrics
 from shop.api.main import routers
 from shop.core.cache import create_cache
 from shop.core.config import Settings, get_settings
 from shop.core.db import create_blocking_engine, create_engine, instrument_pool, session_factory
+from shop.core.deadline import RequestDeadlineMiddleware
 from shop.metrics import PrometheusMiddleware
 from shop.profiling import ProfilingMiddleware
 
@@ -49,8 +50,40 @@ def _error(status_code: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status_code)
 
 
-def _install_error_handlers(app: FastAPI) -> None:
-    """Map every expected failure to a 4xx/503, so clients never see a bare 500."""
+# SQLSTATE classes (the first two characters) that mean the database cannot serve
+# right now, not that the request is wrong: a retry may well succeed.
+# 08 connection exception, 40 transaction rollback (serialization failure, deadlock),
+# 53 insufficient resources (too many connections), 57 operator intervention
+# (57014 query_canceled by statement_timeout, 57P01 admin_shutdown, 57P03 cannot
+# connect now), 58 system error (I/O), and 55P03 lock_not_available.
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+_TRANSIENT_SQLSTATES = frozenset({"55P03"})
+
+
+def sqlstate(exc: DBAPIError) -> str | None:
+    """The SQLSTATE of a driver error (asyncpg's adapter and psycopg both carry it)."""
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return code if isinstance(code, str) and len(code) == 5 else None
+
+
+def is_transient(exc: DBAPIError) -> bool:
+    """No SQLSTATE (the connection broke, the driver gave up) or a transient one."""
+    code = sqlstate(exc)
+    return (
+        code is None
+        or code[:2] in _TRANSIENT_SQLSTATE_CLASSES
+        or code in _TRANSIENT_SQLSTATES
+        or exc.connection_invalidated
+    )
+
+
+def _install_error_handlers(app: FastAPI, retry_after_seconds: int) -> None:
+    """Map every expected failure to a 4xx or a 503, each with a JSON body.
+
+    What the client sent and the database refused is the client's to fix (4xx); a
+    database that does not answer, or answers "not now", is a 503 with Retry-After.
+    Anything else is a bug, and a 500 says so.
+    """
 
     @app.exception_handler(crud.NotFoundError)
     async def not_found(_: Request, exc: crud.NotFoundError) -> JSONResponse:
@@ -66,12 +99,31 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(status.HTTP_409_CONFLICT, "the request conflicts with existing data")
 
     async def unavailable(_: Request, exc: Exception) -> JSONResponse:
-        log.error("database unavailable: %s", exc)
+        # asyncpg's TimeoutError (a connect or a statement ran out of time) has no text.
+        log.error("database unavailable: %s", str(exc) or f"{type(exc).__name__}: timed out")
+        metrics.UNAVAILABLE.labels("database").inc()
         response = _error(status.HTTP_503_SERVICE_UNAVAILABLE, "database unavailable, retry")
-        response.headers["Retry-After"] = "1"
+        response.headers["Retry-After"] = str(retry_after_seconds)
         return response
 
-    for exc_class in (DBAPIError, PoolTimeoutError, OSError):
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        code = sqlstate(exc)
+        if is_transient(exc):
+            return await unavailable(request, exc)
+        if code is not None and code.startswith("22"):
+            # A data exception: a value PostgreSQL refuses (a NUL character in a
+            # string, a number out of range, an invalid date).
+            log.warning("data exception %s mapped to 422: %s", code, exc.orig)
+            return _error(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, "the database refused a value of the request"
+            )
+        log.error("database error %s: %s", code, exc, exc_info=exc)
+        return _error(status.HTTP_500_INTERNAL_SERVER_ERROR, "internal error")
+
+    # The pool had no free connection in time; a connect or statement timed out
+    # (asyncpg raises TimeoutError, an OSError) or the network failed.
+    for exc_class in (PoolTimeoutError, OSError):
         app.add_exception_handler(exc_class, unavailable)
 
 
@@ -82,13 +134,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for router in routers(settings):
         app.include_router(router)
-    _install_error_handlers(app)
+    _install_error_handlers(app, settings.retry_after_seconds)
 
     if settings.serve_static:
         # Local development only: in production nginx serves these files.
         app.mount("/static", StaticFiles(directory=settings.static_dir, html=True), name="static")
 
     # add_middleware wraps what is already there, so the last one added runs first.
+    # The deadline sits innermost: its 503 still gets CORS headers and is counted.
+    app.add_middleware(
+        RequestDeadlineMiddleware,
+        timeout_seconds=settings.request_timeout_seconds,
+        retry_after_seconds=settings.retry_after_seconds,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -37,6 +37,12 @@ CACHE_REQUESTS = Counter(
     "Cache look-ups by result (hit, miss, error).",
     ["result"],
 )
+UNAVAILABLE = Counter(
+    "shop_unavailable_responses",  # exported as shop_unavailable_responses_total
+    "Requests answered 503 with Retry-After, by cause: database (it failed or ran out of"
+    " time) or deadline (the request's own bound passed first).",
+    ["cause"],
+)
 DB_POOL_CHECKED_OUT = Gauge(
     "shop_db_pool_checked_out",
     "Database connections in use, summed over live workers.",

@@ -2,6 +2,7 @@
 
 import logging
 import secrets
+import socket
 import time
 
 from redis.asyncio import Redis
@@ -57,6 +58,14 @@ def create_redis(settings: Settings) -> Redis:
         str(settings.redis_url),
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
+        # An idle pooled connection to a cache host that vanished is found dead by the
+        # probes (after about 3 s) rather than by the next request's read timeout.
+        socket_keepalive=True,
+        socket_keepalive_options={
+            socket.TCP_KEEPIDLE: 1,
+            socket.TCP_KEEPINTVL: 1,
+            socket.TCP_KEEPCNT: 2,
+        },
         # No retries: the database answers anyway, and retrying with backoff
         # during an outage would add seconds to every request.
         retry=Retry(NoBackoff(), 0),

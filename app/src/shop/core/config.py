@@ -5,7 +5,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, PostgresDsn, RedisDsn, SecretStr, field_validator
+from pydantic import Field, PostgresDsn, RedisDsn, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shop import __version__
@@ -28,7 +28,18 @@ class Settings(BaseSettings):
     pgbouncer: bool = False
     db_pool_size: int = Field(default=5, ge=1)
     db_max_overflow: int = Field(default=5, ge=0)
-    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Bounds on every database call, so a dead or slow database costs a request a quick
+    # 503 and never a hang (see core/db.py for how each one is applied).
+    # Waiting for a free pooled connection.
+    db_pool_timeout_seconds: float = Field(default=1.0, gt=0)
+    # Opening a connection (TCP connect and login) to PgBouncer or PostgreSQL.
+    db_connect_timeout_seconds: float = Field(default=1.0, gt=0)
+    # One statement, including its wait in PgBouncer's queue for a server connection: the
+    # driver cancels it on the server when this passes.
+    db_statement_timeout_seconds: float = Field(default=1.5, gt=0)
+    # A database peer that vanished without a reset (host down, packets dropped) is
+    # noticed after this long: TCP keepalive probes each second and TCP_USER_TIMEOUT.
+    db_tcp_user_timeout_seconds: float = Field(default=2.0, ge=1)
     # false: SQLAlchemy's NullPool, a new database connection (and login) per request.
     # Only for measuring what the pool saves; the pool sizes above are then unused.
     db_pool_enabled: bool = True
@@ -50,10 +61,18 @@ class Settings(BaseSettings):
     # copy. 0: the entry expires at its TTL and the next read computes it.
     cache_stale_seconds: int = Field(default=240, ge=0)
     # With no entry at all, how long a read waits for the worker computing it before
-    # it runs the query itself.
-    cache_lock_wait_seconds: float = Field(default=5.0, gt=0)
-    # Short on purpose: a Redis outage must cost a request milliseconds, not seconds.
-    redis_timeout_seconds: float = Field(default=0.25, gt=0)
+    # it runs the query itself. Well inside request_timeout_seconds, which cuts a longer
+    # wait short with a 503.
+    cache_lock_wait_seconds: float = Field(default=1.0, gt=0)
+    # Connect and read timeout towards Redis. Short on purpose: a Redis outage must cost
+    # a request milliseconds, not seconds.
+    redis_timeout_seconds: float = Field(default=0.1, gt=0)
+
+    # Every request is answered within this many seconds: past it, whatever it waits for,
+    # it gets a 503 with Retry-After. The bounds above must fit inside it.
+    request_timeout_seconds: float = Field(default=3.0, gt=0)
+    # Seconds a client is told to wait (Retry-After) when a dependency is unavailable.
+    retry_after_seconds: int = Field(default=1, ge=1)
 
     # NoDecode: accept a plain comma-separated list as well as JSON.
     cors_origins: Annotated[list[str], NoDecode] = []
@@ -82,6 +101,26 @@ class Settings(BaseSettings):
         if "*" in value:
             raise ValueError("a wildcard CORS origin is not allowed; list the origins")
         return value
+
+    @model_validator(mode="after")
+    def _bounds_fit_the_deadline(self) -> "Settings":
+        """With the database down a request waits for a pooled connection, then for
+        one statement: their sum must end before the deadline, so that the 503 comes
+        from the bound that knows what failed."""
+        deadline = self.request_timeout_seconds
+        waits = {
+            "db_pool_timeout_seconds + db_statement_timeout_seconds": (
+                self.db_pool_timeout_seconds + self.db_statement_timeout_seconds
+            ),
+            "db_connect_timeout_seconds": self.db_connect_timeout_seconds,
+            "redis_timeout_seconds": self.redis_timeout_seconds,
+        }
+        for name, seconds in waits.items():
+            if seconds >= deadline:
+                raise ValueError(
+                    f"{name} ({seconds:g}) must be below request_timeout_seconds ({deadline:g})"
+                )
+        return self
 
     @property
     def migration_url(self) -> str:

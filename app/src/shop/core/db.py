@@ -1,10 +1,15 @@
 """The async engine: one per worker process, built in the lifespan."""
 
+import asyncio
+import logging
+import math
+import socket
 from typing import Any
 from uuid import uuid4
 
 from sqlalchemy import Engine, event, make_url
 from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -12,9 +17,13 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import NullPool
+from sqlalchemy.util import await_
+from sqlalchemy.util.concurrency import in_greenlet
 
 from shop import metrics
 from shop.core.config import Settings
+
+log = logging.getLogger(__name__)
 
 
 def connect_args(pgbouncer: bool) -> dict[str, Any]:
@@ -34,6 +43,111 @@ def connect_args(pgbouncer: bool) -> dict[str, Any]:
     }
 
 
+def bounded_connect_args(settings: Settings) -> dict[str, Any]:
+    """asyncpg arguments of the app's engine: connect_args() plus a bound on every call.
+
+    `timeout` bounds the TCP connect and the login. `command_timeout` bounds each
+    statement on the client's clock, the wait in PgBouncer's queue for a server
+    connection included; when it passes, asyncpg sends PostgreSQL a cancel request
+    (PgBouncer forwards it), so the server stops working for nobody. Behind PgBouncer
+    that is the only statement bound: PgBouncer 1.18 refuses a statement_timeout sent
+    as a startup parameter and would drop it silently if told to ignore it. Straight
+    to PostgreSQL the server enforces the same bound itself (statement_timeout) as well,
+    which also covers a client that died mid-statement.
+    """
+    args = connect_args(settings.pgbouncer)
+    args["timeout"] = settings.db_connect_timeout_seconds
+    args["command_timeout"] = settings.db_statement_timeout_seconds
+    if not settings.pgbouncer:
+        timeout_ms = str(int(settings.db_statement_timeout_seconds * 1000))
+        args["server_settings"] = {"statement_timeout": timeout_ms}
+    return args
+
+
+def tcp_keepalive_options(user_timeout_seconds: float) -> list[tuple[int, int, int]]:
+    """setsockopt() arguments that make a vanished peer an error within the timeout.
+
+    A peer whose host died, or whose packets are dropped, sends no reset: the kernel
+    would wait for minutes. TCP_USER_TIMEOUT bounds how long sent data may stay
+    unacknowledged (a query to a dead server); keepalive probes each second find an
+    idle pooled connection dead in the same time, before a request picks it up
+    (Linux counts TCP_USER_TIMEOUT for the probes too).
+    """
+    user_timeout_ms = int(user_timeout_seconds * 1000)
+    probes = max(1, int(user_timeout_seconds))
+    return [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes),
+        (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout_ms),
+    ]
+
+
+def _asyncpg_socket(dbapi_connection: Any) -> Any:
+    """The socket under SQLAlchemy's adapter of an asyncpg connection, or None.
+
+    asyncpg takes no socket options, so they are set on its transport's socket once
+    the connection is made (asyncpg's Connection keeps the transport as `_transport`).
+    """
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    transport = getattr(driver, "_transport", None)
+    return transport.get_extra_info("socket") if transport is not None else None
+
+
+def set_tcp_keepalive(engine: AsyncEngine, settings: Settings) -> None:
+    """Every new connection of the engine gets tcp_keepalive_options()."""
+    options = tcp_keepalive_options(settings.db_tcp_user_timeout_seconds)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _keepalive(dbapi_connection: Any, _: object) -> None:
+        sock = _asyncpg_socket(dbapi_connection)
+        if sock is None:
+            log.warning("no socket found on a new database connection: keepalive not set")
+            return
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return  # A Unix socket: its peer cannot vanish unnoticed.
+        for level, name, value in options:
+            sock.setsockopt(level, name, value)
+
+
+# How long a broken connection's cancel request may take to reach the server before the
+# connection is closed (closing it first would drop the cancel: see below).
+_CANCEL_GRACE_SECONDS = 0.25
+
+
+def discard_timed_out_connections(engine: AsyncEngine) -> None:
+    """A connection whose statement ran out of time is closed at once, not reused.
+
+    asyncpg raises TimeoutError and sends the server a cancel request in the
+    background. The rollback the pool would run next, and the polite close SQLAlchemy
+    tries before it hard-closes (up to 2 s), both wait as long again when the
+    statement sits in PgBouncer's queue for a server that is not there. So a timed-out
+    connection counts as broken (the rest of the pool stays: one slow statement says
+    nothing about the others), and a broken connection is closed without a goodbye,
+    once its cancel request went out: closed first, PgBouncer would drop the cancel
+    along with the client, and the server would go on with the statement (or its
+    wait for a lock) for nobody. A new connection to PgBouncer costs a millisecond.
+    """
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _timeout_breaks_the_connection(context: ExceptionContext) -> None:
+        if isinstance(context.original_exception, TimeoutError):
+            context.is_disconnect = True
+            context.invalidate_pool_on_disconnect = False
+
+    @event.listens_for(engine.sync_engine.pool, "invalidate")
+    def _close_at_once(dbapi_connection: Any, _record: object, _exc: object) -> None:
+        driver = getattr(dbapi_connection, "driver_connection", None)
+        if driver is None or not hasattr(driver, "terminate"):
+            return
+        # asyncpg keeps its cancel requests in flight as tasks (`_cancellations`).
+        pending = [task for task in getattr(driver, "_cancellations", ()) if not task.done()]
+        if pending and in_greenlet():
+            await_(asyncio.wait(pending, timeout=_CANCEL_GRACE_SECONDS))
+        driver.terminate()
+
+
 def pool_args(settings: Settings) -> dict[str, Any]:
     """Pool options shared by the async engine and the blocking one."""
     if not settings.db_pool_enabled:
@@ -45,18 +159,23 @@ def pool_args(settings: Settings) -> dict[str, Any]:
         "max_overflow": settings.db_max_overflow,
         "pool_timeout": settings.db_pool_timeout_seconds,
         # A connection killed by a PgBouncer/PostgreSQL restart is replaced
-        # instead of failing the next request.
+        # instead of failing the next request; the ping is bounded like a statement.
         "pool_pre_ping": True,
     }
 
 
 def create_engine(settings: Settings, url: str | None = None, **kwargs: Any) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         url or str(settings.database_url),
-        connect_args=connect_args(settings.pgbouncer),
+        connect_args=bounded_connect_args(settings),
+        # Errors are logged with their SQL: never with its values (a password hash).
+        hide_parameters=True,
         **pool_args(settings),
         **kwargs,
     )
+    set_tcp_keepalive(engine, settings)
+    discard_timed_out_connections(engine)
+    return engine
 
 
 def create_blocking_engine(settings: Settings) -> Engine:
@@ -64,8 +183,25 @@ def create_blocking_engine(settings: Settings) -> Engine:
     url = make_url(str(settings.database_url)).set(drivername="postgresql+psycopg")
     # psycopg prepares a statement after a few executions; behind PgBouncer's
     # transaction mode the next transaction may not find it.
-    connect = {"prepare_threshold": None} if settings.pgbouncer else {}
+    connect: dict[str, Any] = {"prepare_threshold": None} if settings.pgbouncer else {}
+    # libpq's own bounds, the same as the async engine's (libpq counts whole seconds,
+    # at least 2, for the connect timeout).
+    user_timeout_ms = int(settings.db_tcp_user_timeout_seconds * 1000)
+    connect |= {
+        "connect_timeout": max(2, math.ceil(settings.db_connect_timeout_seconds)),
+        "keepalives": 1,
+        "keepalives_idle": 1,
+        "keepalives_interval": 1,
+        "keepalives_count": max(1, int(settings.db_tcp_user_timeout_seconds)),
+        "tcp_user_timeout": user_timeout_ms,
+    }
+    if not settings.pgbouncer:
+        timeout_ms = int(settings.db_statement_timeout_seconds * 1000)
+        connect["options"] = f"-c statement_timeout={timeout_ms}"
     return create_sync_engine(url, connect_args=connect, **pool_args(settings))
+
+
+_COUNTED = "shop_checked_out"
 
 
 def instrument_pool(engine: AsyncEngine, settings: Settings) -> None:
@@ -76,13 +212,18 @@ def instrument_pool(engine: AsyncEngine, settings: Settings) -> None:
     metrics.DB_POOL_SIZE.set(pool_size)
     pool = engine.sync_engine.pool
 
+    # A checkout that fails (its pre-ping or its connect, as while the database is down)
+    # is checked in without ever having been checked out: only a connection the
+    # checkout event counted is uncounted, or the gauge would drift below zero.
     @event.listens_for(pool, "checkout")
-    def _checkout(*_: object) -> None:
+    def _checkout(_dbapi_connection: object, record: Any, _proxy: object) -> None:
+        record.info[_COUNTED] = True
         metrics.DB_POOL_CHECKED_OUT.inc()
 
     @event.listens_for(pool, "checkin")
-    def _checkin(*_: object) -> None:
-        metrics.DB_POOL_CHECKED_OUT.dec()
+    def _checkin(_dbapi_connection: object, record: Any) -> None:
+        if record is not None and record.info.pop(_COUNTED, False):
+            metrics.DB_POOL_CHECKED_OUT.dec()
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
