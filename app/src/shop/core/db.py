@@ -10,6 +10,7 @@ from uuid import uuid4
 from sqlalchemy import Engine, event, make_url
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -148,6 +149,37 @@ def discard_timed_out_connections(engine: AsyncEngine) -> None:
         driver.terminate()
 
 
+def _peer_closed(dbapi_connection: Any) -> bool:
+    """Whether the driver already knows its connection is gone (asyncpg, psycopg)."""
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if driver is None:
+        return False
+    if hasattr(driver, "is_closed"):  # asyncpg
+        return bool(driver.is_closed())
+    return bool(getattr(driver, "closed", False) or getattr(driver, "broken", False))
+
+
+def drop_closed_connections(pool: Any) -> None:
+    """A pooled connection its peer closed is replaced at checkout, for no round trip.
+
+    SQLAlchemy's pool_pre_ping would test each checkout with a query, and on asyncpg
+    its ping is BEGIN, a prepared ";" and ROLLBACK: four round trips through PgBouncer
+    for every request, about a third of a primary-key read's cost (bench/README.md).
+    What it would catch is known without asking: a PgBouncer or PostgreSQL that went
+    away closed the socket (the event loop saw it), and one that vanished without a
+    word is turned into a closed socket by the TCP keepalive and user timeout above
+    within db_tcp_user_timeout_seconds. Raising DisconnectionError in the checkout
+    event makes the pool open a new connection instead (SQLAlchemy's documented
+    custom pessimistic handling). A connection whose close races the checkout fails
+    its request with a 503 and Retry-After, and is replaced.
+    """
+
+    @event.listens_for(pool, "checkout")
+    def _alive(dbapi_connection: Any, _record: object, _proxy: object) -> None:
+        if _peer_closed(dbapi_connection):
+            raise DisconnectionError("the database closed this pooled connection")
+
+
 def pool_args(settings: Settings) -> dict[str, Any]:
     """Pool options shared by the async engine and the blocking one."""
     if not settings.db_pool_enabled:
@@ -158,9 +190,9 @@ def pool_args(settings: Settings) -> dict[str, Any]:
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
         "pool_timeout": settings.db_pool_timeout_seconds,
-        # A connection killed by a PgBouncer/PostgreSQL restart is replaced
-        # instead of failing the next request; the ping is bounded like a statement.
-        "pool_pre_ping": True,
+        # A connection killed by a PgBouncer/PostgreSQL restart is replaced at checkout
+        # by drop_closed_connections(), without pool_pre_ping's round trips.
+        "pool_pre_ping": False,
     }
 
 
@@ -175,6 +207,8 @@ def create_engine(settings: Settings, url: str | None = None, **kwargs: Any) -> 
     )
     set_tcp_keepalive(engine, settings)
     discard_timed_out_connections(engine)
+    if settings.db_pool_enabled:
+        drop_closed_connections(engine.sync_engine.pool)
     return engine
 
 
@@ -198,7 +232,10 @@ def create_blocking_engine(settings: Settings) -> Engine:
     if not settings.pgbouncer:
         timeout_ms = int(settings.db_statement_timeout_seconds * 1000)
         connect["options"] = f"-c statement_timeout={timeout_ms}"
-    return create_sync_engine(url, connect_args=connect, **pool_args(settings))
+    engine = create_sync_engine(url, connect_args=connect, **pool_args(settings))
+    if settings.db_pool_enabled:
+        drop_closed_connections(engine.pool)
+    return engine
 
 
 _COUNTED = "shop_checked_out"
