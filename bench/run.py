@@ -94,6 +94,8 @@ SMOKE = {
     "noindex": ["category"],
 }
 INDEXES_DROPPED = {"naive", "noindex"}
+# Profiles that also get the category query measured at the database (pgbench).
+DB_CATEGORY_POINT = {"tuned", "noindex"}
 PEER = {"peer"}
 # Profiles whose app connects without PgBouncer: PostgreSQL needs _base.yml's headroom.
 DIRECT_DB = {"naive", "nopool", "nopgbouncer", "peer"}
@@ -472,48 +474,77 @@ class Runner:
             "median": median,
         }
 
-    # --- ceilings outside HTTP ---------------------------------------------------------------
-    def ceilings(self) -> list[dict]:
-        d = max(2.0, self.args.duration)
+    # --- database-level points and ceilings outside HTTP -----------------------------------------
+    def pgbench(self, script: str, clients: int, port: int, duration: float) -> tuple:
+        """pgbench as the app's database user, pinned to the load core: (tps or None, note).
+        The password reaches it through PGPASSWORD (docker exec -e NAME, no value on a
+        command line)."""
         password = self.hostvar(self.db_host, "vault_db_app_password", "")
-        script = (
-            f"\\set id random(1, {self.products})\n"
-            "SELECT id, name, category, price_cents FROM products WHERE id = :id;\n"
-        )
         # In the postgres user's home, which only it can write.
         self.docker(
             self.db_host, "sh", "-c", f"cat > {PGBENCH_SCRIPT}", stdin=script, user="postgres"
+        )
+        run = self.docker(
+            self.db_host,
+            "taskset",
+            "-c",
+            str(self.args.load_cpu),
+            "pgbench",
+            "-n",
+            "-j1",
+            f"-c{clients}",
+            f"-T{int(duration)}",
+            "-f",
+            PGBENCH_SCRIPT,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            "shop_app",
+            self.args.db_name,
+            user="postgres",
+            env_pass={"PGPASSWORD": password},
+            timeout=duration + 60,
+        )
+        value = parse_pgbench(run.stdout)
+        note = "" if value else f"(failed: {(run.stderr or run.stdout).strip()[-200:]})"
+        return value, note
+
+    def category_db_point(self, profile: str) -> dict:
+        """The category page's query at the database, through PgBouncer as the app sends it:
+        where the index acts, without the app's per-request cost around it. One round."""
+        script = (
+            f"\\set c random(0, {self.categories - 1})\n"
+            "SELECT id, name, category, price_cents FROM products "
+            "WHERE category = 'cat-' || lpad(:c::text, 3, '0') AND id > 0 "
+            "ORDER BY id LIMIT 21;\n"
+        )
+        cpu0, steal0 = self.cpu.read(), system.read_steal()
+        tps, note = self.pgbench(script, 4, 6432, self.args.duration)
+        cpu1, steal1 = self.cpu.read(), system.read_steal()
+        if tps is None:
+            raise RuntimeError(f"pgbench of the category query failed {note}")
+        requests = int(tps * self.args.duration)
+        result = {"requests": requests, "errors": 0, "non2xx": 0, "rps": tps, "connections": 4}
+        result = self._with_cpu(result, cpu0, cpu1, steal0, steal1)
+        self.log(f"  {profile:11s} category@db (pgbench, 4 clients): {tps:9.1f} tps")
+        point = self._point(profile, "category@db", [result])
+        point["tool"] = "pgbench"
+        return point
+
+    def ceilings(self) -> list[dict]:
+        d = max(2.0, self.args.duration)
+        script = (
+            f"\\set id random(1, {self.products})\n"
+            "SELECT id, name, category, price_cents FROM products WHERE id = :id;\n"
         )
         out = []
         for name, port in (
             ("pgbench -S-like, direct", 5432),
             ("pgbench -S-like, via PgBouncer", 6432),
         ):
-            run = self.docker(
-                self.db_host,
-                "taskset",
-                "-c",
-                str(self.args.load_cpu),
-                "pgbench",
-                "-n",
-                "-j1",
-                "-c16",
-                f"-T{int(d)}",
-                "-f",
-                PGBENCH_SCRIPT,
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-U",
-                "shop_app",
-                self.args.db_name,
-                user="postgres",
-                env_pass={"PGPASSWORD": password},
-                timeout=d + 60,
-            )
-            value = parse_pgbench(run.stdout)
-            note = "" if value else f"(failed: {(run.stderr or run.stdout).strip()[-200:]})"
+            value, note = self.pgbench(script, 16, port, d)
             out.append(
                 {
                     "name": name,
@@ -626,6 +657,8 @@ class Runner:
                     self.count_data()
                 try:
                     points += self.measure_profile(profile, eps)
+                    if profile in DB_CATEGORY_POINT:
+                        points.append(self.category_db_point(profile))
                     if profile == "tuned":
                         ceilings = self.ceilings()
                 except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:

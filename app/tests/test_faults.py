@@ -233,6 +233,7 @@ async def test_the_request_deadline_answers_whatever_the_request_waits_for(
         redis_url,
         request_timeout_seconds=1.5,
         db_statement_timeout_seconds=0.4,
+        db_pool_timeout_seconds=1,
         cache_lock_wait_seconds=10,
     )
     async for client in _client(settings):

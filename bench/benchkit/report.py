@@ -26,6 +26,14 @@ TARGETS = [
         100,
     ),
     (
+        "category query at the database (pgbench) vs no index",
+        ("tuned", "category@db"),
+        ("noindex", "category@db"),
+        "rps",
+        ">=",
+        100,
+    ),
+    (
         "workers = cores vs 1 worker",
         ("tuned", "popular"),
         ("workers1", "popular"),

@@ -23,5 +23,6 @@ def test_every_planned_endpoint_is_known_and_every_profile_has_a_file():
 
 def test_every_target_is_measured_by_the_full_plan():
     measured = {(p, ep) for p, eps in run.FULL.items() for ep in eps}
+    measured |= {(p, "category@db") for p in run.DB_CATEGORY_POINT}
     for _, num, den, *_ in run.report.TARGETS:
         assert num in measured and den in measured

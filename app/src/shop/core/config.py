@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     # Bounds on every database call, so a dead or slow database costs a request a quick
     # 503 and never a hang (see core/db.py for how each one is applied).
     # Waiting for a free pooled connection.
-    db_pool_timeout_seconds: float = Field(default=1.0, gt=0)
+    db_pool_timeout_seconds: float = Field(default=1.4, gt=0)
     # Opening a connection (TCP connect and login) to PgBouncer or PostgreSQL.
     db_connect_timeout_seconds: float = Field(default=1.0, gt=0)
     # One statement, including its wait in PgBouncer's queue for a server connection: the
