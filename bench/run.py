@@ -78,14 +78,15 @@ FULL = {
     "nopgbouncer": ["user"],
     "fullmodels": ["user-orders"],
     "accesslog": ["popular"],
-    "static-app": ["static"],
-    # The slow ones last and together (SLOW: their bounds are raised, in PgBouncer too).
+    # The slow ones together (SLOW: their bounds are raised, in PgBouncer too), then
+    # static-app, which shares naive's and the peer's nginx (static files via the app).
     "nocache": ["popular"],
     "blocking": ["user"],
     "noindex": ["category"],
     # Only the points its targets compare: a naive point costs as much as any other.
     "naive": ["popular", "user-orders"],
     "peer": ["mix", "user-orders@rate"],
+    "static-app": ["static"],
 }
 # Smoke: the first profile applies app.yml and web.yml (the state is unknown at the start);
 # the second switches only the indexes, the cheapest profile to apply and to undo.

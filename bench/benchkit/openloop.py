@@ -61,7 +61,7 @@ class Schedule:
     duration_s: float
     max_connections: int = 256
     # How long after the last scheduled start unfinished requests are given up (timeouts).
-    grace_s: float = 10.0
+    grace_s: float = 5.0
 
 
 class _Generator:
