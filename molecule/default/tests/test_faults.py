@@ -20,9 +20,11 @@ the speed of a plain exec. The bounds the app must keep (the request deadline, t
 statement timeout) are read from the inventory or the roles' defaults, falling back to
 the issue's numbers.
 
-By hand against `make up`'s stack (containers stack-web1, ...), from the repository root:
-    MOLECULE_INVENTORY_FILE=inventories/local/hosts.yml PYTHONPATH=molecule/_shared \\
-      .venv/bin/pytest -s -p stack_testinfra molecule/default/tests/test_faults.py
+By hand against `make up`'s stack (containers stack-web1, ...), from the repository root
+(as root, for docker; the tests read the inventory with ansible-inventory from .venv):
+    PATH=$PWD/.venv/bin:$PATH MOLECULE_INVENTORY_FILE=inventories/local/hosts.yml \\
+      PYTHONPATH=molecule/_shared pytest -s -p stack_testinfra \\
+      molecule/default/tests/test_faults.py
 Prometheus there scrapes every 15 s, so each alert takes longer to show and to resolve.
 """
 
@@ -494,8 +496,9 @@ def stack(hostvars) -> Stack:
 @pytest.fixture(scope="module")
 def table():
     rows: list[str] = []
+    began = time.monotonic()
     yield rows
-    print("\n\nfault suite:\n" + header() + "\n" + "\n".join(rows))
+    print(f"\n\nfault suite ({time.monotonic() - began:.0f} s):\n{header()}\n" + "\n".join(rows))
 
 
 @pytest.fixture(scope="module")
