@@ -712,21 +712,29 @@ def test_faults_08_database_slow_lock_on_products(stack, run):
         "LOCK TABLE products IN ACCESS EXCLUSIVE MODE; "
         f"SELECT pg_sleep({seconds}); COMMIT;"
     )
-    holder: list[threading.Thread] = []
+    held: dict[str, object] = {}
 
-    def lock() -> None:
-        thread = threading.Thread(target=stack.psql, args=(sql, seconds + 30))
-        thread.start()
-        holder.append(thread)
+    def hold_lock() -> None:
+        began = time.monotonic()
+        try:
+            stack.psql(sql, timeout=seconds + 30)
+        except (AssertionError, subprocess.SubprocessError) as exc:  # reported below
+            held["error"] = exc
+        held["seconds"] = time.monotonic() - began
 
+    holder = threading.Thread(target=hold_lock)
     outcome = run(
         Fault(
             f"database slow ({seconds:.0f} s lock)",
-            inject=lock,
-            restore=lambda: holder[0].join(seconds + 30),
+            inject=holder.start,
+            restore=lambda: holder.join(seconds + 40),
         )
     )
-    assert not holder[0].is_alive(), "the lock was still held"
+    assert not holder.is_alive(), "the lock was still held"
+    assert "error" not in held, f"the lock could not be held: {held['error']}"
+    assert held["seconds"] >= seconds - 0.5, held
+    # The fault bit: some requests waited or failed (else this proves nothing).
+    assert any(failure_kind(r) or r["seconds"] > 1 for r in outcome.during()), outcome.row()
     assert_answered_within(outcome, stack.statement_bound)
 
 
