@@ -157,6 +157,8 @@ def test_prometheus_05_alert_rules_loaded_with_for_and_runbooks(host, hostvars):
         "TargetDown",
         "HighHttp5xxRatio",
         "HighHttpLatencyP99",
+        "PostgresDown",
+        "RedisDown",
         "PostgresConnectionsNearMax",
         "PgBouncerClientsWaiting",
         "RedisMemoryNearMax",
