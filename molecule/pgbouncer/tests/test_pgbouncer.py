@@ -6,6 +6,7 @@ Control IDs (pgbouncer-NN) name each check.
 import csv
 import io
 import json
+import time
 
 import pytest
 from stack_testinfra import assert_refused
@@ -142,6 +143,24 @@ def test_pgbouncer_06_exporter_answers(host):
     assert any(line.startswith('pgbouncer_pool_size{database="shop"}') for line in metrics)
     assert any(line.startswith('pgbouncer_waiting_clients{database="shop"') for line in metrics)
     assert any(line.startswith("pgbouncer_requests_total{") for line in metrics)
+
+
+def test_pgbouncer_08_comes_back_by_itself_after_a_crash(host, scenario_host, secret):
+    """PgBouncer 1.18 can exit on an assertion after a cancel request (see the role's unit
+    drop-in): systemd starts it again, and clients get through, within seconds."""
+    before = host.run("systemctl show -p MainPID --value pgbouncer").stdout.strip()
+    assert before not in ("", "0")
+    host.run("kill -SEGV %s", before)
+    after, out = before, None
+    for _ in range(40):
+        time.sleep(0.5)
+        after = host.run("systemctl show -p MainPID --value pgbouncer").stdout.strip()
+        if after not in ("", "0", before):
+            out, _ = bouncer(scenario_host(APP), "SELECT 1", secret("db_app"))
+            if out.rc == 0:
+                break
+    assert after not in ("", "0", before), "pgbouncer was not started again"
+    assert out is not None and out.rc == 0, out.stderr if out else "no query got through"
 
 
 @pytest.mark.parametrize(
