@@ -745,8 +745,12 @@ def test_faults_09_db_host_restarted(stack, run):
     outcome = run(
         Fault(
             "db host restarted",
-            inject=lambda: stack.docker("restart", "--time", "20", stack.container(stack.db)),
+            # Stopped, then started once Prometheus saw it gone: `docker restart` alone can
+            # be quicker than a scrape, and then no alert ever sees the outage.
+            inject=lambda: stack.docker("stop", "--time", "20", stack.container(stack.db)),
+            restore=lambda: stack.docker("start", stack.container(stack.db)),
             alert=("TargetDown", {"host": stack.db}),
+            hold_for_alert=True,
             ready=stack.postgres_ready,
         )
     )
