@@ -188,21 +188,52 @@ async def test_the_entry_outlives_its_ttl_by_the_stale_window(
     )
 
 
-async def test_redis_down_computes_from_the_database_without_waiting(
+async def test_redis_down_one_query_per_process_then_its_own_copy(
     database_url: str, redis_url: str, query_calls: list[int]
 ) -> None:
+    """Redis down: the lock fails open, so without more every request would run the
+    aggregate (the stampede that timed out on make up's data). One process runs it once
+    for all its requests, then answers its copy until that would have gone stale."""
     async for _app, client in _client(make_settings(database_url, redis_url)):
         await _sales(client, database_url)
     # Nothing listens on port 1.
-    down = make_settings(database_url, "redis://127.0.0.1:1/0", cache_lock_wait_seconds=5)
+    down = make_settings(
+        database_url, "redis://127.0.0.1:1/0", cache_lock_wait_seconds=5, cache_ttl_seconds=2
+    )
     async for _app, client in _client(down):
         query_calls.clear()
-        results = await asyncio.gather(*(_timed_get(client) for _ in range(3)))
+        results = await asyncio.gather(*(_timed_get(client) for _ in range(20)))
 
         assert all([p["sold"] for p in r.json()] == [5, 2] for _, r in results)
-        # Fail open: each request ran the query, none waited for a lock.
-        assert query_calls == [100] * 3
-        assert max(t for t, _ in results) < 5
+        assert query_calls == [100]
+        # None waited for a lock: each took about the one query's time.
+        assert max(t for t, _ in results) < SLOW_SECONDS + 1.0
+
+        # The process's copy answers, with no query, while it is fresh...
+        elapsed, again = await _timed_get(client)
+        assert again.json() == results[0][1].json()
+        assert query_calls == [100]
+        assert elapsed < SLOW_SECONDS
+        # ...and is computed again, once, after its TTL.
+        await asyncio.sleep(2.1)
+        results = await asyncio.gather(*(_timed_get(client) for _ in range(5)))
+        assert all(r.status_code == 200 for _, r in results)
+        assert query_calls == [100, 100]
+
+
+async def test_with_redis_up_a_process_does_not_answer_its_own_copy(
+    client: httpx.AsyncClient, database_url: str, redis_url: str
+) -> None:
+    """Only Redis sees an order's invalidation: with Redis up, the entry in Redis decides."""
+    tea, cup = await _sales(client, database_url)
+    assert [p["sold"] for p in (await client.get("/api/products/popular")).json()] == [5, 2]
+    # Gone from Redis (as an order on another host deletes it), with new sales behind it.
+    await _sell_behind_the_cache(database_url, cup, 10)
+    Redis.from_url(redis_url).delete(POPULAR_CACHE_KEY)
+
+    fresh = (await client.get("/api/products/popular")).json()
+
+    assert [(p["id"], p["sold"]) for p in fresh] == [(cup, 12), (tea, 5)]
 
 
 async def test_the_lock_is_released_only_by_its_owner(app: FastAPI) -> None:

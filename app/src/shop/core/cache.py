@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from shop import metrics
 from shop.core.config import Settings
+from shop.core.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +94,27 @@ class Cache:
         self.stale_seconds = stale_seconds
         # How long a read of a missing entry waits for the lock holder computing it.
         self.lock_wait_seconds = lock_wait_seconds
+        # This process's copy of each entry it computed, and when Redis would have
+        # dropped it: what it answers while Redis is down (keep_local/local).
+        self._local: dict[str, tuple[float, bytes]] = {}
+        # One computation of an entry at a time in this process (the Redis lock's
+        # fallback: it fails open when Redis is down).
+        self.flights: SingleFlight[bytes] = SingleFlight()
 
     async def get(self, key: str) -> bytes | None:
+        try:
+            return await self.lookup(key)
+        except CacheOutage:
+            return None
+
+    async def lookup(self, key: str) -> bytes | None:
+        """get(), except that an outage raises CacheOutage (counted and logged as get's)."""
         try:
             raw = await self.redis.get(key)
         except _OUTAGE as exc:
             metrics.CACHE_REQUESTS.labels("error").inc()
             log.warning("cache get %s failed, reading from the database: %s", key, exc)
-            return None
+            raise CacheOutage(str(exc)) from exc
         if raw is None:
             metrics.CACHE_REQUESTS.labels("miss").inc()
             return None
@@ -113,6 +127,22 @@ class Cache:
             return await self.redis.get(key)
         except _OUTAGE as exc:
             raise CacheOutage(str(exc)) from exc
+
+    def keep_local(self, key: str, packed: bytes, ttl_seconds: int | None = None) -> None:
+        """Keeps a packed entry in this process for as long as Redis keeps it (set())."""
+        self._local[key] = (time.monotonic() + (ttl_seconds or self.ttl_seconds), packed)
+
+    def local(self, key: str) -> bytes | None:
+        """This process's copy of the entry, until it would have left Redis.
+
+        Only for Redis outages: an order's invalidation deletes the entry in Redis and
+        cannot reach every process's copy, so with Redis up Redis alone is the truth.
+        With Redis down nothing invalidates anyway, and the copy is as old as a stale
+        entry may be."""
+        kept = self._local.get(key)
+        if kept is None or kept[0] <= time.monotonic():
+            return None
+        return kept[1]
 
     async def set(self, key: str, value: bytes, ttl_seconds: int | None = None) -> None:
         try:
@@ -166,6 +196,22 @@ class DisabledCache:
 
     async def get(self, key: str) -> bytes | None:
         return None
+
+    def keep_local(self, key: str, packed: bytes, ttl_seconds: int | None = None) -> None:
+        """Keeps a packed entry in this process for as long as Redis keeps it (set())."""
+        self._local[key] = (time.monotonic() + (ttl_seconds or self.ttl_seconds), packed)
+
+    def local(self, key: str) -> bytes | None:
+        """This process's copy of the entry, until it would have left Redis.
+
+        Only for Redis outages: an order's invalidation deletes the entry in Redis and
+        cannot reach every process's copy, so with Redis up Redis alone is the truth.
+        With Redis down nothing invalidates anyway, and the copy is as old as a stale
+        entry may be."""
+        kept = self._local.get(key)
+        if kept is None or kept[0] <= time.monotonic():
+            return None
+        return kept[1]
 
     async def set(self, key: str, value: bytes, ttl_seconds: int | None = None) -> None:
         return None

@@ -38,18 +38,22 @@ def _json_list(lines: bytes, limit: int) -> bytes:
     return b"[" + b",".join(lines.split(b"\n", limit)[:limit]) + b"]"
 
 
-async def _compute(
-    sessions: async_sessionmaker[AsyncSession], cache: Cache
-) -> list[schemas.PopularProduct]:
+async def _compute(sessions: async_sessionmaker[AsyncSession], cache: Cache) -> bytes:
+    """The entry's body, computed from the database and stored (in Redis, and in this
+    process for Redis outages)."""
     async with sessions() as session:
         products = await crud.popular_products(session, POPULAR_MAX)
     body = b"\n".join(_POPULAR_ITEM.dump_json(p) for p in products)
-    await cache.set(
-        POPULAR_CACHE_KEY,
-        pack(body, cache.ttl_seconds),
-        ttl_seconds=cache.ttl_seconds + cache.stale_seconds,
-    )
-    return products
+    packed = pack(body, cache.ttl_seconds)
+    ttl = cache.ttl_seconds + cache.stale_seconds
+    cache.keep_local(POPULAR_CACHE_KEY, packed, ttl_seconds=ttl)
+    await cache.set(POPULAR_CACHE_KEY, packed, ttl_seconds=ttl)
+    return body
+
+
+async def _compute_once(sessions: async_sessionmaker[AsyncSession], cache: Cache) -> bytes:
+    """_compute, shared by every request of this process that needs it meanwhile."""
+    return await cache.flights.do(POPULAR_CACHE_KEY, lambda: _compute(sessions, cache))
 
 
 async def _wait_for_entry(cache: Cache) -> bytes | None:
@@ -66,6 +70,21 @@ async def _wait_for_entry(cache: Cache) -> bytes | None:
     return None
 
 
+async def _without_redis(sessions: async_sessionmaker[AsyncSession], cache: Cache) -> bytes:
+    """Redis is down: this process's copy while it is fresh (or while this process
+    refreshes it), else one computation per process, not one per request."""
+    local = cache.local(POPULAR_CACHE_KEY)
+    if local is not None:
+        fresh, body = unpack(local)
+        if fresh or cache.flights.running(POPULAR_CACHE_KEY):
+            return body
+    return await _compute_once(sessions, cache)
+
+
+def _answer(body: bytes, limit: int) -> Response:
+    return Response(_json_list(body, limit), media_type="application/json")
+
+
 @router.get("/popular", response_model=list[schemas.PopularProduct])
 async def popular_products(
     sessions: SessionmakerDep,
@@ -78,27 +97,30 @@ async def popular_products(
     longer): the worker that takes the lock recomputes it, every other request
     answers the stale bytes meanwhile. No entry: the lock holder computes it, the
     others wait up to cache_lock_wait_seconds for it, then compute it themselves.
-    A database session is opened only to compute: a hit costs none."""
-    cached = await cache.get(POPULAR_CACHE_KEY)
-    if cached is not None:
-        fresh, body = unpack(cached)
-        if fresh:
-            # The hot path: no parsing, no models, no serialization.
-            return Response(_json_list(body, limit), media_type="application/json")
+    Redis down: each process answers its own last copy, or computes it once for all
+    its requests. A database session is opened only to compute: a hit costs none."""
     if not cache.enabled:
         async with sessions() as session:
             return await crud.popular_products(session, limit)
     assert isinstance(cache, Cache)
+    try:
+        cached = await cache.lookup(POPULAR_CACHE_KEY)
+    except CacheOutage:
+        return _answer(await _without_redis(sessions, cache), limit)
+    if cached is not None:
+        fresh, body = unpack(cached)
+        if fresh:
+            # The hot path: no parsing, no models, no serialization.
+            return _answer(body, limit)
     token = await cache.lock(POPULAR_LOCK_KEY, POPULAR_LOCK_MS)
     if token is None:
         if cached is None:
             cached = await _wait_for_entry(cache)
         if cached is not None:
-            body = unpack(cached)[1]
-            return Response(_json_list(body, limit), media_type="application/json")
-        return (await _compute(sessions, cache))[:limit]
+            return _answer(unpack(cached)[1], limit)
+        return _answer(await _compute_once(sessions, cache), limit)
     try:
-        return (await _compute(sessions, cache))[:limit]
+        return _answer(await _compute_once(sessions, cache), limit)
     finally:
         await cache.unlock(POPULAR_LOCK_KEY, token)
 
