@@ -4,6 +4,8 @@
   so a test can act from one host against another (a peer allowed, a non-peer refused).
 - `hostvars` gives the scenario's Ansible variables for a host, so tests compare with what
   the role was told to do instead of repeating numbers.
+- `exposure(host, unit)` is the unit's overall exposure score from `systemd-analyze
+  security` (0 to 10, lower is better): deterministic, so tests may assert a ceiling.
 - A test marked `@pytest.mark.journal("unit", ...)` (or a module with `JOURNAL_UNITS`)
   prints the tail of those units' journals when it fails, on the host it ran against.
 """
@@ -48,6 +50,17 @@ class PlaybookRun:
     @property
     def any_changed(self) -> bool:
         return any(self.changed.values())
+
+
+EXPOSURE = re.compile(r"Overall exposure level for \S+: (\d+\.\d+)")
+
+
+def exposure(host, unit: str) -> float:
+    """`systemd-analyze security`'s overall exposure score of a unit on a testinfra host."""
+    out = host.check_output("systemd-analyze security --no-pager %s 2>&1", unit)
+    found = EXPOSURE.search(ANSI.sub("", out))
+    assert found, f"no exposure score for {unit}:\n{out[-500:]}"
+    return float(found.group(1))
 
 
 def run_playbook(playbook: str, *args: str) -> PlaybookRun:
