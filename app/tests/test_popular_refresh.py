@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shop import crud, schemas
 from shop.api.routes.products import POPULAR_CACHE_KEY, POPULAR_LOCK_KEY, POPULAR_LOCK_MS
-from shop.core.cache import pack
+from shop.core.cache import create_redis, pack
 from shop.core.config import Settings
 from shop.seed import asyncpg_dsn
 from tests.conftest import client_for, create_user, insert_products, make_settings, running_app
@@ -219,6 +219,30 @@ async def test_redis_down_one_query_per_process_then_its_own_copy(
         results = await asyncio.gather(*(_timed_get(client) for _ in range(5)))
         assert all(r.status_code == 200 for _, r in results)
         assert query_calls == [100, 100]
+
+
+async def test_redis_down_each_process_answers_the_entry_it_last_read(
+    database_url: str, redis_url: str, query_calls: list[int]
+) -> None:
+    """A process that read the entry before Redis went away runs no query at all."""
+    async for app, client in _client(make_settings(database_url, redis_url)):
+        await _sales(client, database_url)
+        # Computed by this process, then read back from Redis (a hit).
+        before = (await client.get("/api/products/popular")).json()
+        assert (await client.get("/api/products/popular")).json() == before
+        query_calls.clear()
+        # Redis goes away (nothing listens on port 1): the same client, no more server.
+        old = app.state.cache.redis
+        app.state.cache.redis = create_redis(make_settings(database_url, "redis://127.0.0.1:1/0"))
+        try:
+            results = await asyncio.gather(*(_timed_get(client) for _ in range(10)))
+        finally:
+            await app.state.cache.redis.aclose()
+            app.state.cache.redis = old
+
+        assert all(r.json() == before for _, r in results)
+        assert query_calls == []
+        assert max(t for t, _ in results) < SLOW_SECONDS
 
 
 async def test_with_redis_up_a_process_does_not_answer_its_own_copy(

@@ -94,9 +94,9 @@ class Cache:
         self.stale_seconds = stale_seconds
         # How long a read of a missing entry waits for the lock holder computing it.
         self.lock_wait_seconds = lock_wait_seconds
-        # This process's copy of each entry it computed, and when Redis would have
-        # dropped it: what it answers while Redis is down (keep_local/local).
-        self._local: dict[str, tuple[float, bytes]] = {}
+        # This process's copy of each packed entry it last read or computed: what it
+        # answers while Redis is down (keep_local/local).
+        self._local: dict[str, bytes] = {}
         # One computation of an entry at a time in this process (the Redis lock's
         # fallback: it fails open when Redis is down).
         self.flights: SingleFlight[bytes] = SingleFlight()
@@ -128,21 +128,27 @@ class Cache:
         except _OUTAGE as exc:
             raise CacheOutage(str(exc)) from exc
 
-    def keep_local(self, key: str, packed: bytes, ttl_seconds: int | None = None) -> None:
-        """Keeps a packed entry in this process for as long as Redis keeps it (set())."""
-        self._local[key] = (time.monotonic() + (ttl_seconds or self.ttl_seconds), packed)
+    def keep_local(self, key: str, packed: bytes) -> None:
+        """Keeps a packed entry (pack()) in this process: a reference, no copy."""
+        self._local[key] = packed
 
     def local(self, key: str) -> bytes | None:
-        """This process's copy of the entry, until it would have left Redis.
+        """This process's copy of the entry, until it would have left Redis (its soft
+        expiry plus stale_seconds).
 
         Only for Redis outages: an order's invalidation deletes the entry in Redis and
         cannot reach every process's copy, so with Redis up Redis alone is the truth.
-        With Redis down nothing invalidates anyway, and the copy is as old as a stale
-        entry may be."""
-        kept = self._local.get(key)
-        if kept is None or kept[0] <= time.monotonic():
+        With Redis down nothing invalidates anyway, and the copy is no older than a
+        stale entry may be."""
+        packed = self._local.get(key)
+        if packed is None:
             return None
-        return kept[1]
+        head = packed.partition(b"\n")[0]
+        try:
+            alive = time.time() * 1000 < int(head) + self.stale_seconds * 1000
+        except ValueError:
+            alive = False
+        return packed if alive else None
 
     async def set(self, key: str, value: bytes, ttl_seconds: int | None = None) -> None:
         try:

@@ -46,7 +46,7 @@ async def _compute(sessions: async_sessionmaker[AsyncSession], cache: Cache) -> 
     body = b"\n".join(_POPULAR_ITEM.dump_json(p) for p in products)
     packed = pack(body, cache.ttl_seconds)
     ttl = cache.ttl_seconds + cache.stale_seconds
-    cache.keep_local(POPULAR_CACHE_KEY, packed, ttl_seconds=ttl)
+    cache.keep_local(POPULAR_CACHE_KEY, packed)
     await cache.set(POPULAR_CACHE_KEY, packed, ttl_seconds=ttl)
     return body
 
@@ -97,8 +97,9 @@ async def popular_products(
     longer): the worker that takes the lock recomputes it, every other request
     answers the stale bytes meanwhile. No entry: the lock holder computes it, the
     others wait up to cache_lock_wait_seconds for it, then compute it themselves.
-    Redis down: each process answers its own last copy, or computes it once for all
-    its requests. A database session is opened only to compute: a hit costs none."""
+    Redis down: each process answers its own copy of the entry it last read, or
+    computes it once for all its requests. A database session is opened only to
+    compute: a hit costs none."""
     if not cache.enabled:
         async with sessions() as session:
             return await crud.popular_products(session, limit)
@@ -108,6 +109,8 @@ async def popular_products(
     except CacheOutage:
         return _answer(await _without_redis(sessions, cache), limit)
     if cached is not None:
+        # Kept for a Redis outage: then every process has a recent copy to answer.
+        cache.keep_local(POPULAR_CACHE_KEY, cached)
         fresh, body = unpack(cached)
         if fresh:
             # The hot path: no parsing, no models, no serialization.
