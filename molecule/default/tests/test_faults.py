@@ -600,8 +600,12 @@ def test_faults_02_cache_host_restarted(stack, run):
     outcome = run(
         Fault(
             "cache host restarted",
-            inject=lambda: stack.docker("restart", "--time", "20", stack.container(stack.cache)),
+            # Stopped, then started once Prometheus saw it gone (as the db host below):
+            # a `docker restart` can be quicker than a scrape (on make up's stack, 15 s).
+            inject=lambda: stack.docker("stop", "--time", "20", stack.container(stack.cache)),
+            restore=lambda: stack.docker("start", stack.container(stack.cache)),
             alert=("TargetDown", {"host": stack.cache}),
+            hold_for_alert=True,
         )
     )
     assert not outcome.failures(), outcome.describe_failures()
