@@ -5,7 +5,8 @@
 - `hostvars` gives the scenario's Ansible variables for a host, so tests compare with what
   the role was told to do instead of repeating numbers.
 - `exposure(host, unit)` is the unit's overall exposure score from `systemd-analyze
-  security` (0 to 10, lower is better): deterministic, so tests may assert a ceiling.
+  security` (0 to 10, lower is better): deterministic, so tests may assert a ceiling;
+  `unit_status(host, unit)` the /proc status of its main process.
 - A test marked `@pytest.mark.journal("unit", ...)` (or a module with `JOURNAL_UNITS`)
   prints the tail of those units' journals when it fails, on the host it ran against.
 """
@@ -61,6 +62,15 @@ def exposure(host, unit: str) -> float:
     found = EXPOSURE.search(ANSI.sub("", out))
     assert found, f"no exposure score for {unit}:\n{out[-500:]}"
     return float(found.group(1))
+
+
+def unit_status(host, unit: str) -> dict[str, str]:
+    """The /proc/<pid>/status lines (Uid, CapEff, NoNewPrivs, ...) of a running unit's
+    main process on a testinfra host."""
+    pid = host.run("systemctl show -p MainPID --value %s", unit).stdout.strip()
+    assert pid not in ("", "0"), f"{unit} has no main process"
+    lines = host.file(f"/proc/{pid}/status").content_string.splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
 
 
 def run_playbook(playbook: str, *args: str) -> PlaybookRun:

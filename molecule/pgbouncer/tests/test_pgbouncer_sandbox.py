@@ -6,19 +6,11 @@ PgBouncer and its exporter still do their work inside their sandboxes.
 
 import time
 
-from stack_testinfra import exposure, hosts_in
+from stack_testinfra import exposure, hosts_in, unit_status
 
 testinfra_hosts = hosts_in("db")
 JOURNAL_UNITS = ["pgbouncer", "prometheus-pgbouncer-exporter", "postgresql@15-main"]
 APP = hosts_in("app")[0]
-
-
-def status(host, unit: str) -> dict[str, str]:
-    """The main process's /proc status lines of a running unit."""
-    pid = host.run("systemctl show -p MainPID --value %s", unit).stdout.strip()
-    assert pid not in ("", "0"), f"{unit} has no main process"
-    lines = host.file(f"/proc/{pid}/status").content_string.splitlines()
-    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
 
 
 def admin(host, hostvars, command: str, target: str = "/run/postgresql"):
@@ -56,7 +48,7 @@ def test_sandbox_pgbouncer_exporter_exposure_at_most_2_0(host):
 
 
 def test_sandbox_pgbouncer_runs_without_capabilities(host):
-    proc = status(host, "pgbouncer")
+    proc = unit_status(host, "pgbouncer")
     assert proc["Uid"].split()[0] == str(host.user("postgres").uid)
     assert int(proc["CapEff"], 16) == 0 and int(proc["CapBnd"], 16) == 0
     assert proc["NoNewPrivs"] == "1"
@@ -104,7 +96,7 @@ def test_sandbox_pgbouncer_restart_leaves_postgresql_shared_memory_alone(
 
 
 def test_sandbox_pgbouncer_exporter_scrapes_inside_its_sandbox(host):
-    proc = status(host, "prometheus-pgbouncer-exporter")
+    proc = unit_status(host, "prometheus-pgbouncer-exporter")
     assert int(proc["CapEff"], 16) == 0 and proc["NoNewPrivs"] == "1"
     # It reconnects by itself after the restart above (Restart=always in stack.conf).
     out = None

@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from stack_testinfra import assert_refused, converge, exposure, hosts_in
+from stack_testinfra import assert_refused, converge, exposure, hosts_in, unit_status
 
 testinfra_hosts = hosts_in("db")
 SERVER = "postgresql@15-main"
@@ -29,14 +29,6 @@ def sql(host, query: str, db: str = "shop") -> str:
     out = host.run("runuser -u postgres -- psql -XAtq -d %s -c %s", db, query)
     assert out.rc == 0, out.stderr
     return out.stdout.strip()
-
-
-def status(host, unit: str) -> dict[str, str]:
-    """The main process's /proc status lines of a running unit."""
-    pid = host.run("systemctl show -p MainPID --value %s", unit).stdout.strip()
-    assert pid not in ("", "0"), f"{unit} has no main process"
-    lines = host.file(f"/proc/{pid}/status").content_string.splitlines()
-    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
 
 
 def props(host, unit: str, *names: str) -> dict[str, str]:
@@ -75,7 +67,7 @@ def test_sandbox_postgres_exporter_exposure_at_most_2_0(host):
 
 
 def test_sandbox_postgresql_server_runs_as_postgres_without_capabilities(host):
-    proc = status(host, SERVER)
+    proc = unit_status(host, SERVER)
     postgres = host.user("postgres").uid
     assert proc["Uid"].split()[:2] == [str(postgres)] * 2
     assert int(proc["CapEff"], 16) == 0 and int(proc["CapBnd"], 16) == 0
@@ -151,7 +143,7 @@ def test_sandbox_postgresql_backup_writes_its_dump_and_leaves_the_server_alone(h
 
 
 def test_sandbox_postgres_exporter_scrapes_inside_its_sandbox(host):
-    proc = status(host, "prometheus-postgres-exporter")
+    proc = unit_status(host, "prometheus-postgres-exporter")
     assert int(proc["CapEff"], 16) == 0 and proc["NoNewPrivs"] == "1"
     # The first scrape after a server restart (earlier tests restart it) reports the
     # dropped connection (pg_up 0); the exporter reconnects for the next one.

@@ -7,19 +7,11 @@ issue's ceiling, and Redis and the exporter still do their work inside their san
 
 import shlex
 
-from stack_testinfra import exposure, hosts_in
+from stack_testinfra import exposure, hosts_in, unit_status
 
 testinfra_hosts = hosts_in("cache")
 JOURNAL_UNITS = ["redis-server", "prometheus-redis-exporter"]
 APP = hosts_in("app")[0]
-
-
-def status(host, unit: str) -> dict[str, str]:
-    """The main process's /proc status lines of a running unit."""
-    pid = host.run("systemctl show -p MainPID --value %s", unit).stdout.strip()
-    assert pid not in ("", "0"), f"{unit} has no main process"
-    lines = host.file(f"/proc/{pid}/status").content_string.splitlines()
-    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
 
 
 def cli(host, user: str, password: str, *args: str, target: str = "127.0.0.1"):
@@ -71,7 +63,7 @@ def test_sandbox_redis_writes_its_data_directory_only(host, hostvars):
 
 
 def test_sandbox_redis_exporter_scrapes_inside_its_sandbox(host):
-    proc = status(host, "prometheus-redis-exporter")
+    proc = unit_status(host, "prometheus-redis-exporter")
     assert int(proc["CapEff"], 16) == 0 and int(proc["CapBnd"], 16) == 0
     assert proc["NoNewPrivs"] == "1"
     out = host.run("curl -sf -m 5 http://%s:9121/metrics", host.backend.get_hostname())
