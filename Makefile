@@ -42,6 +42,8 @@ lint: setup ## yamllint, ansible-lint (profile production) and ruff
 	ruff check .
 	ruff format --check .
 	.config/lint/check_argument_specs.py
+	.config/lint/check_vault_encrypted.py
+	pytest -q -p no:cacheprovider .config/lint/tests
 
 testbed: packages setup ## Make sure Docker answers and the base image for test hosts exists
 	.config/testbed/ensure-docker
