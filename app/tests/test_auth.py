@@ -21,7 +21,7 @@ from shop.core.auth import MissingTokenSecretError
 from shop.core.config import Settings
 from shop.core.security import HashSlotsFullError
 from shop.main import create_app
-from shop.seed import asyncpg_dsn
+from shop.seed import DEMO_PASSWORD, asyncpg_dsn, seed
 from tests.conftest import (
     PASSWORD,
     TOKEN_SECRET,
@@ -253,6 +253,27 @@ async def test_an_old_hash_is_upgraded_to_argon2id_at_login(
     assert PasswordHasher().verify(upgraded, PASSWORD)
     await log_in(client, "old@example.com")
     assert await _password_hash(database_url, "old@example.com") == upgraded
+
+
+async def test_seeded_demo_users_log_in_with_the_demo_password(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    await seed(database_url, users=3, orders=0, products=1, pgbouncer=False)
+
+    headers = await log_in(client, "user3@example.com", DEMO_PASSWORD)
+
+    assert (await client.get("/api/users/me", headers=headers)).json() == {
+        "id": 3,
+        "name": "User 3",
+    }
+    # One argon2id hash for all of them, which the login leaves as it is.
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        hashes = await conn.fetchval("SELECT array_agg(DISTINCT password_hash) FROM users")
+    finally:
+        await conn.close()
+    assert len(hashes) == 1
+    assert hashes[0].startswith("$argon2id$v=19$m=19456,t=2,p=1$")
 
 
 @pytest.fixture
