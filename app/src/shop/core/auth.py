@@ -80,7 +80,7 @@ class TokenKeys:
                 # Malformed, expired, or a claim missing: no other key changes that.
                 raise InvalidTokenError(str(exc)) from exc
             subject = claims["sub"]
-            if not subject.isdecimal():
+            if not (subject.isascii() and subject.isdecimal()):
                 raise InvalidTokenError("sub is not a user id")
             return int(subject)
         raise InvalidTokenError("signed with an unknown key")
