@@ -3,6 +3,7 @@ database (copied from a migrated template) and an empty Redis for each test."""
 
 import itertools
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import asyncpg
 import httpx
@@ -81,7 +82,12 @@ def pgbouncer_port(postgres: PostgresServer, migrated_template: str) -> Iterator
         stop()
 
 
+# Signs the tests' bearer tokens; the app refuses to start without a key.
+TOKEN_SECRET = "test-only-token-secret-0123456789abcdef"
+
+
 def make_settings(database_url: str, redis_url: str, **overrides: object) -> Settings:
+    overrides.setdefault("token_secret", TOKEN_SECRET)
     return Settings(_env_file=None, database_url=database_url, redis_url=redis_url, **overrides)
 
 
@@ -126,9 +132,32 @@ async def insert_products(database_url: str, rows: list[tuple[str, str, int]]) -
     return [record["id"] for record in records]
 
 
-async def create_user(client: httpx.AsyncClient, email: str, name: str = "Ada") -> int:
+PASSWORD = "correct horse"
+
+
+@dataclass(frozen=True)
+class Account:
+    """A signed-up user: its id and the headers that authenticate as it."""
+
+    id: int
+    email: str
+    headers: dict[str, str]
+
+
+async def log_in(client: httpx.AsyncClient, email: str, password: str = PASSWORD) -> dict[str, str]:
+    """The Authorization header of a fresh token for this user."""
+    response = await client.post("/api/auth/token", data={"username": email, "password": password})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+async def create_user(client: httpx.AsyncClient, email: str, name: str = "Ada") -> Account:
+    """Signs up, logs in, and asks who it is (sign-up does not say: it reveals nothing)."""
     response = await client.post(
-        "/api/users", json={"name": name, "email": email, "password": "correct horse"}
+        "/api/users", json={"name": name, "email": email, "password": PASSWORD}
     )
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
+    assert response.status_code == 202, response.text
+    headers = await log_in(client, email)
+    me = await client.get("/api/users/me", headers=headers)
+    assert me.status_code == 200, me.text
+    return Account(me.json()["id"], email, headers)

@@ -24,7 +24,14 @@ from shop import migrations
 from shop.api.routes.products import POPULAR_LOCK_KEY, POPULAR_LOCK_MS
 from shop.core.config import Settings
 from shop.main import create_app
-from tests.conftest import client_for, create_user, insert_products, make_settings, running_app
+from tests.conftest import (
+    Account,
+    client_for,
+    create_user,
+    insert_products,
+    make_settings,
+    running_app,
+)
 from tests.servers import PostgresServer, start_pgbouncer, start_postgres
 
 DEADLINE_SECONDS = 3.0  # every answer while a dependency is down or slow
@@ -92,16 +99,16 @@ def _assert_unavailable(response: httpx.Response, seconds: float) -> None:
     assert seconds < DEADLINE_SECONDS, f"answered after {seconds:.2f} s"
 
 
-async def _requests_while_down(client: httpx.AsyncClient, user: int, product: int) -> None:
+async def _requests_while_down(client: httpx.AsyncClient, user: Account, product: int) -> None:
     """Reads, writes and readiness, several at once, for longer than one deadline."""
-    order = {"user_id": user, "items": [{"product_id": product, "quantity": 1}]}
+    order = {"items": [{"product_id": product, "quantity": 1}]}
     sign_up = {"name": "Down", "email": "down@example.com", "password": "correct horse"}
     end = time.monotonic() + DEADLINE_SECONDS + 1
     while time.monotonic() < end:
         results = await asyncio.gather(
-            _timed(client.get(f"/api/users/{user}")),
-            _timed(client.get(f"/api/users/{user}/orders")),
-            _timed(client.post("/api/orders", json=order)),
+            _timed(client.get(f"/api/users/{user.id}")),
+            _timed(client.get(f"/api/users/{user.id}/orders", headers=user.headers)),
+            _timed(client.post("/api/orders", json=order, headers=user.headers)),
             _timed(client.post("/api/users", json=sign_up)),
         )
         for response, seconds in results:
@@ -111,10 +118,10 @@ async def _requests_while_down(client: httpx.AsyncClient, user: int, product: in
         assert seconds < DEADLINE_SECONDS
 
 
-async def _seconds_until_success(client: httpx.AsyncClient, user: int) -> float:
+async def _seconds_until_success(client: httpx.AsyncClient, user: Account) -> float:
     start = time.monotonic()
     while time.monotonic() - start < 10 * RECOVERY_SECONDS:
-        response = await client.get(f"/api/users/{user}")
+        response = await client.get(f"/api/users/{user.id}")
         if response.status_code == 200:
             return time.monotonic() - start
         await asyncio.sleep(0.05)
@@ -134,7 +141,7 @@ async def test_postgresql_stopped_fast_503_then_back_without_restart(
         # Warm pooled connections, which the stop breaks.
         assert all(
             r.status_code == 200
-            for r in await asyncio.gather(*(client.get(f"/api/users/{user}") for _ in range(5)))
+            for r in await asyncio.gather(*(client.get(f"/api/users/{user.id}") for _ in range(5)))
         )
 
         checked_out = REGISTRY.get_sample_value("shop_db_pool_checked_out")
@@ -147,7 +154,7 @@ async def test_postgresql_stopped_fast_503_then_back_without_restart(
         await asyncio.to_thread(postgres.start_server)  # returns once PostgreSQL answers
         assert await _seconds_until_success(client, user) < RECOVERY_SECONDS
         # Then every request succeeds: no broken connection is left in the pool.
-        responses = await asyncio.gather(*(client.get(f"/api/users/{user}") for _ in range(20)))
+        responses = await asyncio.gather(*(client.get(f"/api/users/{user.id}") for _ in range(20)))
         assert [r.status_code for r in responses] == [200] * 20
         assert (await client.get("/health/ready")).status_code == 200
         # Failed checkouts were not counted as connections in use, nor uncounted.
@@ -176,7 +183,7 @@ async def test_pgbouncer_restarted_fast_503_then_back_without_restart(
         (product,) = await insert_products(postgres.url("shop"), [("Bouncer", "faults", 1)])
         async for client in _client(make_settings(url, redis_url, pgbouncer=True)):
             user = await create_user(client, "bouncer-restart@example.com")
-            assert (await client.get(f"/api/users/{user}")).status_code == 200
+            assert (await client.get(f"/api/users/{user.id}")).status_code == 200
 
             stop()  # Its pooled client connections are closed with it.
             await _requests_while_down(client, user, product)
@@ -185,7 +192,9 @@ async def test_pgbouncer_restarted_fast_503_then_back_without_restart(
                 start_pgbouncer, postgres, PGBOUNCER_SERVER_SETTINGS, port
             )  # returns once it listens
             assert await _seconds_until_success(client, user) < RECOVERY_SECONDS
-            responses = await asyncio.gather(*(client.get(f"/api/users/{user}") for _ in range(20)))
+            responses = await asyncio.gather(
+                *(client.get(f"/api/users/{user.id}") for _ in range(20))
+            )
             assert [r.status_code for r in responses] == [200] * 20
     finally:
         stop()
@@ -210,7 +219,7 @@ async def test_slow_database_answers_503_within_the_statement_bound(
             async with locker.transaction():
                 await locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
                 results = await asyncio.gather(
-                    *(_timed(client.get(f"/api/users/{user}")) for _ in range(3))
+                    *(_timed(client.get(f"/api/users/{user.id}")) for _ in range(3))
                 )
                 for response, seconds in results:
                     _assert_unavailable(response, seconds)
@@ -220,7 +229,7 @@ async def test_slow_database_answers_503_within_the_statement_bound(
                 assert await _lock_waiters_gone(locker)
         finally:
             await locker.close()
-        assert (await client.get(f"/api/users/{user}")).status_code == 200
+        assert (await client.get(f"/api/users/{user.id}")).status_code == 200
 
 
 async def test_the_request_deadline_answers_whatever_the_request_waits_for(
@@ -286,7 +295,7 @@ async def test_the_deadline_cuts_a_statement_short_and_the_pool_stays_sound(
         Redis.from_url(redis_url).delete(POPULAR_LOCK_KEY)
         responses = await asyncio.gather(
             client.get("/api/products/popular"),
-            *(client.get(f"/api/users/{user}") for _ in range(10)),
+            *(client.get(f"/api/users/{user.id}") for _ in range(10)),
         )
         assert [r.status_code for r in responses] == [200] * 11
 
@@ -305,7 +314,7 @@ async def test_a_value_postgresql_refuses_is_a_422_not_a_503(
     assert "Retry-After" not in response.headers
     # The database still serves the same request with clean data.
     body[field] = body[field].replace("\x00", "")
-    assert (await client.post("/api/users", json=body)).status_code == 201
+    assert (await client.post("/api/users", json=body)).status_code == 202
 
 
 @pytest.fixture
@@ -334,12 +343,12 @@ async def test_redis_unreachable_requests_still_succeed_quickly(
     async for client in _client(settings):
         await insert_products(database_url, [(f"P{i}", "cached", 100 + i) for i in range(3)])
         user = await create_user(client, f"{kind}@example.com")
-        order = {"user_id": user, "items": [{"product_id": 1, "quantity": 2}]}
+        order = {"items": [{"product_id": 1, "quantity": 2}]}
         for request_ in (
             client.get("/api/products/popular"),
             client.get("/api/products", params={"category": "cached"}),
-            client.post("/api/orders", json=order),
-            client.get(f"/api/users/{user}/orders"),
+            client.post("/api/orders", json=order, headers=user.headers),
+            client.get(f"/api/users/{user.id}/orders", headers=user.headers),
         ):
             response, seconds = await _timed(request_)
             assert response.status_code in (200, 201), response.text
@@ -368,6 +377,7 @@ async def test_database_connections_notice_a_vanished_peer(app: FastAPI) -> None
         {"db_pool_timeout_seconds": 1.5, "db_statement_timeout_seconds": 1.5},
         {"db_connect_timeout_seconds": 3},
         {"redis_timeout_seconds": 3},
+        {"password_hash_wait_seconds": 3},
     ],
 )
 def test_bounds_that_do_not_fit_the_deadline_are_refused(bounds: dict[str, float]) -> None:

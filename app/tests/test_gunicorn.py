@@ -12,6 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import TOKEN_SECRET
 from tests.servers import PostgresServer, free_port, wait_for_port
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -30,6 +31,7 @@ def gunicorn(
         **os.environ,
         "SHOP_DATABASE_URL": postgres.url(database),
         "SHOP_REDIS_URL": redis_url,
+        "SHOP_TOKEN_SECRET": TOKEN_SECRET,
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "WEB_CONCURRENCY": "2",
         "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
@@ -89,26 +91,59 @@ def test_every_endpoint_under_gunicorn(
         assert ready.json() == {"status": "ok", "database": "ok", "redis": "ok"}
         assert client.get("/health/live").json()["status"] == "ok"
 
-        user = client.post(
+        signed_up = client.post(
             "/api/users", json={"name": "Gunnar", "email": "g@example.com", "password": "hunter22!"}
         )
-        assert user.status_code == 201
-        user_id = user.json()["id"]
+        assert signed_up.status_code == 202
+        wrong = client.post("/api/auth/token", data={"username": "g@example.com", "password": "x"})
+        assert wrong.status_code == 401
+        token = client.post(
+            "/api/auth/token", data={"username": "g@example.com", "password": "hunter22!"}
+        ).json()["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        user_id = client.get("/api/users/me", headers=auth).json()["id"]
         assert client.get(f"/api/users/{user_id}").json() == {"id": user_id, "name": "Gunnar"}
 
         page = client.get("/api/products", params={"category": "home"}).json()
         lamp = page["items"][0]["id"]
-        order = client.post(
-            "/api/orders", json={"user_id": user_id, "items": [{"product_id": lamp, "quantity": 2}]}
-        )
+        item = {"product_id": lamp, "quantity": 2}
+        assert client.post("/api/orders", json={"items": [item]}).status_code == 401
+        order = client.post("/api/orders", json={"items": [item]}, headers=auth)
         assert order.status_code == 201
         assert client.get("/api/products/popular").json()[0]["sold"] == 2
         assert client.get("/api/products/popular").json()[0]["sold"] == 2  # from the cache
-        assert len(client.get(f"/api/users/{user_id}/orders").json()["orders"]) == 1
-        assert client.post("/api/orders", json={"user_id": user_id, "items": []}).status_code == 422
+        history = client.get(f"/api/users/{user_id}/orders", headers=auth)
+        assert len(history.json()["orders"]) == 1
+        assert client.post("/api/orders", json={"items": []}, headers=auth).status_code == 422
 
         samples = _samples(client)
 
     orders = (("method", "POST"), ("route", "/api/orders"), ("status", "201"))
     assert samples["http_requests_total", orders] == 1
     assert samples["shop_cache_requests_total", (("result", "hit"),)] >= 1
+    assert samples["shop_login_failures_total", ()] == 1
+
+
+def test_without_a_token_secret_gunicorn_refuses_to_start(
+    postgres: PostgresServer, database: str, redis_url: str, tmp_path: Path
+) -> None:
+    """No key to sign tokens with: the workers do not boot, and the log says why."""
+    env = {
+        **os.environ,
+        "SHOP_DATABASE_URL": postgres.url(database),
+        "SHOP_REDIS_URL": redis_url,
+        "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
+        "WEB_CONCURRENCY": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+    }
+    env.pop("SHOP_TOKEN_SECRET", None)
+    result = subprocess.run(
+        [GUNICORN, "-c", str(APP_DIR / "gunicorn.conf.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "SHOP_TOKEN_SECRET is not set" in result.stdout + result.stderr

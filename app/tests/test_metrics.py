@@ -22,6 +22,7 @@ from shop import metrics
 metrics.HTTP_REQUESTS.labels("GET", "/api/users/{user_id}", "200").inc(3)
 metrics.HTTP_DURATION.labels("GET", "/api/users/{user_id}").observe(0.02)
 metrics.CACHE_REQUESTS.labels("hit").inc()
+metrics.LOGIN_FAILURES.inc()
 metrics.DB_POOL_SIZE.set(10)
 metrics.DB_POOL_CHECKED_OUT.inc(2)
 import os; print(os.getpid())
@@ -47,6 +48,7 @@ def test_multiprocess_metrics_sum_over_workers(tmp_path: Path) -> None:
     assert samples["http_requests_total", frozenset({get, route, ("status", "200")})] == 6
     assert samples["http_request_duration_seconds_count", frozenset({get, route})] == 2
     assert samples["shop_cache_requests_total", frozenset({("result", "hit")})] == 2
+    assert samples["shop_login_failures_total", frozenset()] == 2
     assert samples["shop_db_pool_size", frozenset()] == 20
     assert samples["shop_db_pool_checked_out", frozenset()] == 4
 

@@ -19,15 +19,15 @@ async def _exercise(client: httpx.AsyncClient, direct_url: str, email_prefix: st
 
     async def order(i: int) -> int:
         items = [{"product_id": products[i % 5], "quantity": 1 + i % 3}]
-        response = await client.post("/api/orders", json={"user_id": user, "items": items})
+        response = await client.post("/api/orders", json={"items": items}, headers=user.headers)
         return response.status_code
 
     async def reads() -> list[int]:
         responses = [
-            await client.get(f"/api/users/{user}/orders"),
+            await client.get(f"/api/users/{user.id}/orders", headers=user.headers),
             await client.get("/api/products", params={"category": "bouncy", "limit": 2}),
             await client.get("/api/products/popular"),
-            await client.get(f"/api/users/{user}"),
+            await client.get(f"/api/users/{user.id}"),
         ]
         return [r.status_code for r in responses]
 
@@ -36,7 +36,9 @@ async def _exercise(client: httpx.AsyncClient, direct_url: str, email_prefix: st
     results = await asyncio.gather(*(order(i) for i in range(30)), *(reads() for _ in range(15)))
     assert results[:30] == [201] * 30
     assert all(codes == [200, 200, 200, 200] for codes in results[30:])
-    orders = (await client.get(f"/api/users/{user}/orders")).json()["orders"]
+    orders = (await client.get(f"/api/users/{user.id}/orders", headers=user.headers)).json()[
+        "orders"
+    ]
     assert len(orders) == 30
 
 

@@ -18,7 +18,14 @@ from shop.api.routes.products import POPULAR_CACHE_KEY, POPULAR_LOCK_KEY, POPULA
 from shop.core.cache import create_redis, pack
 from shop.core.config import Settings
 from shop.seed import asyncpg_dsn
-from tests.conftest import client_for, create_user, insert_products, make_settings, running_app
+from tests.conftest import (
+    Account,
+    client_for,
+    create_user,
+    insert_products,
+    make_settings,
+    running_app,
+)
 
 # How long the wrapped query takes: long enough that every concurrent request
 # arrives while it runs.
@@ -46,10 +53,11 @@ async def _client(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.Asyn
             yield app, client
 
 
-async def _order(client: httpx.AsyncClient, user: int, product: int, quantity: int) -> None:
+async def _order(client: httpx.AsyncClient, user: Account, product: int, quantity: int) -> None:
     response = await client.post(
         "/api/orders",
-        json={"user_id": user, "items": [{"product_id": product, "quantity": quantity}]},
+        json={"items": [{"product_id": product, "quantity": quantity}]},
+        headers=user.headers,
     )
     assert response.status_code == 201, response.text
 
@@ -290,7 +298,9 @@ async def test_the_aggregate_matches_the_join_then_group_query(
     conn = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         user = await create_user(client, "many@example.com")
-        order = await conn.fetchval("INSERT INTO orders (user_id) VALUES ($1) RETURNING id", user)
+        order = await conn.fetchval(
+            "INSERT INTO orders (user_id) VALUES ($1) RETURNING id", user.id
+        )
         sold = rng.sample(ids, 200)
         await conn.executemany(
             "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents)"

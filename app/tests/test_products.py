@@ -92,7 +92,8 @@ async def _popular_fixture(client: httpx.AsyncClient, database_url: str) -> list
     for product_id, quantity in ((tea, 5), (cup, 2), (tea, 1), (pot, 3)):
         response = await client.post(
             "/api/orders",
-            json={"user_id": user, "items": [{"product_id": product_id, "quantity": quantity}]},
+            json={"items": [{"product_id": product_id, "quantity": quantity}]},
+            headers=user.headers,
         )
         assert response.status_code == 201
     return ids
@@ -143,7 +144,7 @@ async def test_a_new_order_refreshes_the_popular_list(
     user = await create_user(client, "bulk@example.com")
 
     await client.post(
-        "/api/orders", json={"user_id": user, "items": [{"product_id": cup, "quantity": 50}]}
+        "/api/orders", json={"items": [{"product_id": cup, "quantity": 50}]}, headers=user.headers
     )
     after = (await client.get("/api/products/popular")).json()
 
@@ -179,10 +180,8 @@ async def test_popular_products_survive_a_redis_outage(
             user = await create_user(client, "outage@example.com")
             order = await client.post(
                 "/api/orders",
-                json={
-                    "user_id": user,
-                    "items": [{"product_id": cached.json()[0]["id"], "quantity": 1}],
-                },
+                json={"items": [{"product_id": cached.json()[0]["id"], "quantity": 1}]},
+                headers=user.headers,
             )
             assert order.status_code == 201
             ready = await client.get("/health/ready")

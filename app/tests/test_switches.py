@@ -23,7 +23,14 @@ from redis import Redis
 from shop import hello
 from shop.core.config import Settings
 from shop.seed import asyncpg_dsn
-from tests.conftest import client_for, create_user, insert_products, make_settings, running_app
+from tests.conftest import (
+    Account,
+    client_for,
+    create_user,
+    insert_products,
+    make_settings,
+    running_app,
+)
 from tests.servers import PostgresServer, free_port, wait_for_port
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -36,7 +43,9 @@ async def _app_client(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.
             yield app, client
 
 
-async def _shop_with_orders(client: httpx.AsyncClient, database_url: str) -> tuple[int, list[int]]:
+async def _shop_with_orders(
+    client: httpx.AsyncClient, database_url: str
+) -> tuple[Account, list[int]]:
     """A user with two orders over three products; returns the user and product ids."""
     products = await insert_products(
         database_url, [("Pen", "office", 150), ("Ink", "office", 900), ("Pad", "office", 300)]
@@ -45,7 +54,8 @@ async def _shop_with_orders(client: httpx.AsyncClient, database_url: str) -> tup
     for items in ([(products[0], 2), (products[1], 1)], [(products[2], 5)]):
         response = await client.post(
             "/api/orders",
-            json={"user_id": user, "items": [{"product_id": p, "quantity": q} for p, q in items]},
+            json={"items": [{"product_id": p, "quantity": q} for p, q in items]},
+            headers=user.headers,
         )
         assert response.status_code == 201, response.text
     return user, products
@@ -95,7 +105,7 @@ async def test_cache_disabled_sends_nothing_to_redis(database_url: str, redis_ur
                 "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents) "
                 "SELECT id, $1, 100, 150 FROM orders WHERE user_id = $2 LIMIT 1",
                 pen,
-                user,
+                user.id,
             )
         finally:
             await conn.close()
@@ -156,7 +166,8 @@ async def test_cache_hit_bytes_equal_the_uncached_json(database_url: str, redis_
         for i, product in enumerate(products):
             response = await client.post(
                 "/api/orders",
-                json={"user_id": user, "items": [{"product_id": product, "quantity": 10 - i}]},
+                json={"items": [{"product_id": product, "quantity": 10 - i}]},
+                headers=user.headers,
             )
             assert response.status_code == 201
         for limit in limits:
@@ -256,24 +267,25 @@ async def test_full_models_carry_every_column_but_the_password_hash(
 ) -> None:
     settings = make_settings(database_url, redis_url, lean_models=False)
     async for _app, client in _app_client(settings):
-        created = await client.post(
-            "/api/users",
-            json={"name": "Full", "email": "full@example.com", "password": "long-1234"},
-        )
         user, (pen, ink, pad) = await _shop_with_orders(client, database_url)
-        single = (await client.get(f"/api/users/{user}")).json()
-        with_orders = (await client.get(f"/api/users/{user}/orders")).json()
+        me = (await client.get("/api/users/me", headers=user.headers)).json()
+        single = (await client.get(f"/api/users/{user.id}")).json()
+        with_orders = (
+            await client.get(f"/api/users/{user.id}/orders", headers=user.headers)
+        ).json()
         order = await client.post(
-            "/api/orders", json={"user_id": user, "items": [{"product_id": ink, "quantity": 1}]}
+            "/api/orders",
+            json={"items": [{"product_id": ink, "quantity": 1}]},
+            headers=user.headers,
         )
 
-    assert set(created.json()) == {"id", "name", "email", "created_at"}
+    assert me == single
     assert set(single) == {"id", "name", "email", "created_at"}
     assert single["email"] == "switches@example.com"
     assert set(with_orders) == {"id", "name", "email", "created_at", "orders"}
     first = with_orders["orders"][0]
     assert set(first) == {"id", "user_id", "created_at", "total_cents", "items"}
-    assert first["user_id"] == user
+    assert first["user_id"] == user.id
     assert first["items"][0] == {
         "id": first["items"][0]["id"],
         "order_id": first["id"],
@@ -285,18 +297,19 @@ async def test_full_models_carry_every_column_but_the_password_hash(
     assert with_orders["orders"][1]["items"][0]["product"]["id"] == pad
     assert set(order.json()) == {"id", "user_id", "created_at", "total_cents", "items"}
     assert order.json()["items"][0]["product"]["category"] == "office"
-    for body in (created.json(), single, with_orders, order.json()):
+    for body in (single, with_orders, order.json()):
         assert "password" not in str(body)
-        assert "scrypt" not in str(body)
+        assert "argon2" not in str(body)
 
 
 # --- SHOP_BLOCKING_IO=true --------------------------------------------------------------------
 
 
-async def _user_reads(client: httpx.AsyncClient, user: int) -> list[tuple[int, bytes]]:
-    paths = [f"/api/users/{user}", f"/api/users/{user}/orders", "/api/users/999999"]
-    paths.append("/api/users/999999/orders")
-    return [(r.status_code, r.content) for r in [await client.get(p) for p in paths]]
+async def _user_reads(client: httpx.AsyncClient, user: Account) -> list[tuple[int, bytes]]:
+    paths = [f"/api/users/{user.id}", f"/api/users/{user.id}/orders", "/api/users/999999"]
+    paths += ["/api/users/999999/orders", "/api/users/me"]
+    responses = [await client.get(p, headers=user.headers) for p in paths]
+    return [(r.status_code, r.content) for r in responses]
 
 
 @pytest.mark.parametrize("lean", [True, False], ids=["lean", "full"])
@@ -311,7 +324,7 @@ async def test_blocking_reads_return_the_same_json(
         got = await _user_reads(client, user)
         assert app.state.blocking_engine.dialect.driver == "psycopg"
 
-    assert [status for status, _ in expected] == [200, 200, 404, 404]
+    assert [status for status, _ in expected] == [200, 200, 404, 404, 200]
     assert got == expected
 
 
@@ -340,7 +353,7 @@ async def test_blocking_reads_stop_the_event_loop(
             threading.Timer(hold_seconds, locker.commit).start()
             start = time.monotonic()
             read_done, live_done = await asyncio.gather(
-                _done_after(client, f"/api/users/{user}", start, 0),
+                _done_after(client, f"/api/users/{user.id}", start, 0),
                 _done_after(client, "/health/live", start, 0.2),
             )
         finally:
@@ -379,13 +392,14 @@ async def test_blocking_reads_through_pgbouncer_transaction_mode(
         second = await _hold_a_server_connection(asyncpg_dsn(url))
         try:
             for _ in range(8):
-                assert (await client.get(f"/api/users/{user}")).status_code == 200
+                assert (await client.get(f"/api/users/{user.id}")).status_code == 200
             first = await _hold_a_server_connection(asyncpg_dsn(url))
             await second.close()
             try:
-                swapped = await client.get(f"/api/users/{user}")
+                swapped = await client.get(f"/api/users/{user.id}")
                 assert swapped.status_code == 200, swapped.text
-                assert (await client.get(f"/api/users/{user}/orders")).status_code == 200
+                own = await client.get(f"/api/users/{user.id}/orders", headers=user.headers)
+                assert own.status_code == 200
             finally:
                 await first.close()
         finally:

@@ -3,34 +3,48 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from shop.core.security import verify_password_sync
+from shop.core.security import verify_password
 from shop.seed import asyncpg_dsn
-from tests.conftest import create_user, insert_products
+from tests.conftest import PASSWORD, Account, create_user, insert_products, log_in
 
 
 async def test_read_user_returns_only_id_and_name(client: httpx.AsyncClient) -> None:
-    user_id = await create_user(client, "ada@example.com", name="Ada Lovelace")
+    user = await create_user(client, "ada@example.com", name="Ada Lovelace")
 
-    response = await client.get(f"/api/users/{user_id}")
+    response = await client.get(f"/api/users/{user.id}")
 
     assert response.status_code == 200
-    assert response.json() == {"id": user_id, "name": "Ada Lovelace"}
+    assert response.json() == {"id": user.id, "name": "Ada Lovelace"}
+
+
+async def test_me_is_the_caller(client: httpx.AsyncClient) -> None:
+    ada = await create_user(client, "ada@example.com", name="Ada")
+    bob = await create_user(client, "bob@example.com", name="Bob")
+
+    assert (await client.get("/api/users/me", headers=ada.headers)).json() == {
+        "id": ada.id,
+        "name": "Ada",
+    }
+    assert (await client.get("/api/users/me", headers=bob.headers)).json()["name"] == "Bob"
+    assert (await client.get("/api/users/me")).status_code == 401
 
 
 async def test_unknown_user_is_404(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/users/999999")
     assert response.status_code == 404
     assert response.json() == {"detail": "user 999999 not found"}
-    assert (await client.get("/api/users/999999/orders")).status_code == 404
 
 
 @pytest.mark.parametrize("bad_id", ["abc", "0", "-3", str(2**31)])
 async def test_invalid_user_id_is_422(client: httpx.AsyncClient, bad_id: str) -> None:
+    user = await create_user(client, "valid@example.com")
     assert (await client.get(f"/api/users/{bad_id}")).status_code == 422
-    assert (await client.get(f"/api/users/{bad_id}/orders")).status_code == 422
+    assert (
+        await client.get(f"/api/users/{bad_id}/orders", headers=user.headers)
+    ).status_code == 422
 
 
-async def test_create_user_stores_a_scrypt_hash(
+async def test_sign_up_stores_an_argon2id_hash(
     client: httpx.AsyncClient, database_url: str
 ) -> None:
     response = await client.post(
@@ -38,31 +52,46 @@ async def test_create_user_stores_a_scrypt_hash(
         json={"name": " Grace ", "email": "Grace@Example.com", "password": "s3cret-enough"},
     )
 
-    assert response.status_code == 201
-    body = response.json()
-    assert body == {"id": body["id"], "name": "Grace"}
+    assert response.status_code == 202
     conn = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
-        row = await conn.fetchrow(
-            "SELECT email, password_hash FROM users WHERE id = $1", body["id"]
-        )
+        row = await conn.fetchrow("SELECT name, password_hash FROM users")
     finally:
         await conn.close()
-    assert row["email"] == "grace@example.com"
-    assert row["password_hash"].startswith("scrypt$")
-    assert verify_password_sync("s3cret-enough", row["password_hash"])
-    assert not verify_password_sync("wrong password", row["password_hash"])
+    assert row["name"] == "Grace"
+    # OWASP's argon2id minimum: 19 MiB, 2 iterations, 1 lane.
+    assert row["password_hash"].startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    assert verify_password("s3cret-enough", row["password_hash"]) == (True, None)
+    assert verify_password("wrong password", row["password_hash"]) == (False, None)
+    await log_in(client, "grace@example.com", "s3cret-enough")
 
 
-async def test_duplicate_email_is_409(client: httpx.AsyncClient) -> None:
-    await create_user(client, "linus@example.com")
-
-    response = await client.post(
-        "/api/users", json={"name": "L", "email": "LINUS@example.com", "password": "another-one"}
+async def test_sign_up_answers_the_same_for_a_new_and_a_taken_email(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    """A taken email gets the very same answer, and nothing changes: sign-up tells no
+    one which emails have an account."""
+    first = await client.post(
+        "/api/users", json={"name": "Linus", "email": "linus@example.com", "password": PASSWORD}
+    )
+    again = await client.post(
+        "/api/users",
+        json={"name": "Mallory", "email": "LINUS@example.com", "password": "another-one"},
     )
 
-    assert response.status_code == 409
-    assert "email" in response.json()["detail"]
+    assert first.status_code == again.status_code == 202
+    assert first.content == again.content
+    assert "/api/auth/token" in first.json()["detail"]
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        assert await conn.fetchval("SELECT array_agg(name) FROM users") == ["Linus"]
+    finally:
+        await conn.close()
+    await log_in(client, "linus@example.com")
+    wrong = await client.post(
+        "/api/auth/token", data={"username": "linus@example.com", "password": "another-one"}
+    )
+    assert wrong.status_code == 401
 
 
 @pytest.mark.parametrize(
@@ -87,9 +116,9 @@ async def test_bad_user_input_is_422_naming_the_field(
     assert [error["loc"][-1] for error in response.json()["detail"]] == [field]
 
 
-async def _order(client: httpx.AsyncClient, user_id: int, product_ids: list[int]) -> None:
+async def _order(client: httpx.AsyncClient, user: Account, product_ids: list[int]) -> None:
     items = [{"product_id": pid, "quantity": 2} for pid in product_ids]
-    response = await client.post("/api/orders", json={"user_id": user_id, "items": items})
+    response = await client.post("/api/orders", json={"items": items}, headers=user.headers)
     assert response.status_code == 201, response.text
 
 
@@ -97,15 +126,15 @@ async def test_user_orders_lists_orders_items_and_products(
     client: httpx.AsyncClient, database_url: str
 ) -> None:
     pen, ink = await insert_products(database_url, [("Pen", "office", 150), ("Ink", "office", 900)])
-    user_id = await create_user(client, "orders@example.com")
-    await _order(client, user_id, [pen, ink])
-    await _order(client, user_id, [ink])
+    user = await create_user(client, "orders@example.com")
+    await _order(client, user, [pen, ink])
+    await _order(client, user, [ink])
 
-    response = await client.get(f"/api/users/{user_id}/orders")
+    response = await client.get(f"/api/users/{user.id}/orders", headers=user.headers)
 
     assert response.status_code == 200
     body = response.json()
-    assert (body["id"], body["name"]) == (user_id, "Ada")
+    assert (body["id"], body["name"]) == (user.id, "Ada")
     assert [order["total_cents"] for order in body["orders"]] == [2100, 1800]
     assert body["orders"][0]["items"] == [
         {"product": {"id": pen, "name": "Pen"}, "quantity": 2, "unit_price_cents": 150},
@@ -113,7 +142,28 @@ async def test_user_orders_lists_orders_items_and_products(
     ]
 
 
-async def _statements_for_user_orders(client: httpx.AsyncClient, app, user_id: int) -> int:
+async def test_only_the_owner_reads_their_orders(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    (pen,) = await insert_products(database_url, [("Pen", "office", 150)])
+    owner = await create_user(client, "owner@example.com")
+    other = await create_user(client, "other@example.com")
+    await _order(client, owner, [pen])
+
+    theirs = await client.get(f"/api/users/{owner.id}/orders", headers=other.headers)
+    unknown = await client.get("/api/users/999999/orders", headers=other.headers)
+    anonymous = await client.get(f"/api/users/{owner.id}/orders")
+
+    # Another user's orders look exactly like those of a user that does not exist.
+    assert theirs.status_code == unknown.status_code == 404
+    assert theirs.json() == {"detail": f"user {owner.id} not found"}
+    assert anonymous.status_code == 401
+    assert (await client.get(f"/api/users/{other.id}/orders", headers=other.headers)).json()[
+        "orders"
+    ] == []
+
+
+async def _statements_for_user_orders(client: httpx.AsyncClient, app, user: Account) -> int:
     statements: list[str] = []
 
     def record(conn, cursor, statement, parameters, context, executemany) -> None:
@@ -122,7 +172,7 @@ async def _statements_for_user_orders(client: httpx.AsyncClient, app, user_id: i
     engine = app.state.engine.sync_engine
     event.listen(engine, "before_cursor_execute", record)
     try:
-        response = await client.get(f"/api/users/{user_id}/orders")
+        response = await client.get(f"/api/users/{user.id}/orders", headers=user.headers)
     finally:
         event.remove(engine, "before_cursor_execute", record)
     assert response.status_code == 200

@@ -2,7 +2,8 @@
 
 from collections.abc import Sequence
 
-from sqlalchemy import Row, Select, func, select
+from sqlalchemy import Row, Select, func, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, load_only, selectinload
@@ -74,17 +75,31 @@ def get_user_with_orders_blocking(session: Session, user_id: int, lean: bool = T
     return session.scalar(_user_with_orders_stmt(user_id, lean))
 
 
-async def create_user(session: AsyncSession, data: schemas.UserCreate, password_hash: str) -> User:
-    user = User(name=data.name, email=data.email, password_hash=password_hash)
-    session.add(user)
-    try:
-        await session.commit()
-    except IntegrityError as exc:
-        await session.rollback()
-        if "uq_users_email" in str(exc.orig):
-            raise ConflictError("a user with this email already exists") from exc
-        raise
-    return user
+async def create_user(session: AsyncSession, data: schemas.UserCreate, password_hash: str) -> None:
+    """Adds the user unless the email is taken, and then writes nothing: the caller
+    cannot tell the two apart (sign-up must not reveal which emails have accounts)."""
+    stmt = (
+        insert(User)
+        .values(name=data.name, email=data.email, password_hash=password_hash)
+        .on_conflict_do_nothing(index_elements=[User.email])
+    )
+    await session.execute(stmt)
+    await session.commit()
+
+
+async def get_credentials(session: AsyncSession, email: str) -> Row | None:
+    """(id, password_hash) of the user with this email, for a login."""
+    stmt = select(User.id, User.password_hash).where(User.email == email)
+    return (await session.execute(stmt)).first()
+
+
+async def replace_password_hash(session: AsyncSession, user_id: int, old: str, new: str) -> None:
+    """Stores a rehashed password, unless the hash changed since it was read."""
+    stmt = (
+        update(User).where(User.id == user_id, User.password_hash == old).values(password_hash=new)
+    )
+    await session.execute(stmt)
+    await session.commit()
 
 
 async def popular_products(session: AsyncSession, limit: int) -> list[schemas.PopularProduct]:
@@ -131,10 +146,11 @@ async def products_page(
 
 
 async def create_order(
-    session: AsyncSession, data: schemas.OrderCreate, lean: bool = True
+    session: AsyncSession, user_id: int, data: schemas.OrderCreate, lean: bool = True
 ) -> Order:
-    if await session.scalar(select(User.id).where(User.id == data.user_id)) is None:
-        raise NotFoundError(f"user {data.user_id} not found")
+    # The token was valid, but its user may have been deleted since it was issued.
+    if await session.scalar(select(User.id).where(User.id == user_id)) is None:
+        raise NotFoundError(f"user {user_id} not found")
 
     wanted = [item.product_id for item in data.items]
     stmt = select(Product).where(Product.id.in_(wanted))
@@ -146,7 +162,7 @@ async def create_order(
         raise NotFoundError(f"product(s) not found: {', '.join(map(str, missing))}")
 
     order = Order(
-        user_id=data.user_id,
+        user_id=user_id,
         items=[
             OrderItem(
                 product=found[item.product_id],

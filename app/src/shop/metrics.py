@@ -43,6 +43,11 @@ UNAVAILABLE = Counter(
     " time) or deadline (the request's own bound passed first).",
     ["cause"],
 )
+LOGIN_FAILURES = Counter(
+    "shop_login_failures",  # exported as shop_login_failures_total
+    "POST /api/auth/token answered 401: an unknown email or a wrong password. A burst"
+    " is password guessing.",
+)
 DB_POOL_CHECKED_OUT = Gauge(
     "shop_db_pool_checked_out",
     "Database connections in use, summed over live workers.",

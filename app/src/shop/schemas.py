@@ -127,7 +127,8 @@ class OrderItemIn(BaseModel):
 class OrderCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: Id
+    # No user_id: the order is the caller's (the bearer token says who), and a user_id
+    # in the body is refused (extra="forbid").
     items: Annotated[list[OrderItemIn], Field(min_length=1, max_length=100)]
 
     @field_validator("items")
@@ -150,3 +151,18 @@ class Readiness(BaseModel):
     status: str
     database: str
     redis: str
+
+
+class Detail(BaseModel):
+    """The body of every error answer, and of the sign-up's 202."""
+
+    detail: str
+
+
+class Token(BaseModel):
+    """The answer of POST /api/auth/token (RFC 6749, 5.1)."""
+
+    access_token: str
+    token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
+    # Seconds until the token expires.
+    expires_in: int

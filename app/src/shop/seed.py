@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from shop.core.security import hash_password_sync
+from shop.core.security import hash_password
 
 CATEGORIES = (
     "books", "music", "games", "garden", "kitchen", "toys", "sports", "tools",
@@ -92,8 +92,9 @@ async def _copy_products(conn: asyncpg.Connection, rng: random.Random, prices: l
 
 
 async def _copy_users(conn: asyncpg.Connection, count: int) -> None:
-    # One hash for every demo account: scrypt per user would take minutes for 10k users.
-    password_hash = hash_password_sync(DEMO_PASSWORD)
+    # One argon2id hash for every demo account: one per user would take minutes for 10k
+    # users. Each login verifies it as any other hash.
+    password_hash = hash_password(DEMO_PASSWORD)
     records = ((i, f"User {i}", f"user{i}@example.com", password_hash) for i in range(1, count + 1))
     await conn.copy_records_to_table(
         "users", records=records, columns=["id", "name", "email", "password_hash"]

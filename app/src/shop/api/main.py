@@ -1,6 +1,6 @@
 from fastapi import APIRouter
 
-from shop.api.routes import health, metrics, orders, products, users
+from shop.api.routes import auth, health, metrics, orders, products, users
 from shop.core.config import Settings
 
 
@@ -9,6 +9,7 @@ from shop.core.config import Settings
 # then has the whole template, which the request metrics use as their label.
 def routers(settings: Settings) -> list[APIRouter]:
     return [
+        auth.router,
         users.build_router(lean=settings.lean_models, blocking=settings.blocking_io),
         products.router,
         orders.build_router(lean=settings.lean_models),

@@ -12,6 +12,7 @@ from shop import __version__
 
 # app/static in a source checkout (src/shop/core/config.py -> app/static).
 _SOURCE_STATIC_DIR = Path(__file__).resolve().parents[3] / "static"
+_MIN_TOKEN_SECRET = 32
 
 
 class Settings(BaseSettings):
@@ -77,6 +78,19 @@ class Settings(BaseSettings):
     # NoDecode: accept a plain comma-separated list as well as JSON.
     cors_origins: Annotated[list[str], NoDecode] = []
 
+    # Bearer tokens (HS256 JWTs, core/auth.py). The signing key, at least 32 characters:
+    # the app refuses to start without one. SHOP_TOKEN_PREVIOUS_SECRET verifies only, for
+    # a rotation: tokens signed with the old key stay valid until they expire, so remove
+    # it one token_ttl_seconds after the rotation. Empty means none.
+    token_secret: SecretStr | None = None
+    token_previous_secret: SecretStr | None = None
+    token_ttl_seconds: int = Field(default=900, ge=60, le=86_400)
+    # Password hashes (argon2id, tens of milliseconds of CPU and 19 MiB each) running at
+    # once per worker, and how long a login or sign-up waits for a free slot before it
+    # is answered 429: a flood of logins cannot take every core from the other requests.
+    password_hash_concurrency: int = Field(default=2, ge=1)
+    password_hash_wait_seconds: float = Field(default=1.0, gt=0)
+
     profiling_enabled: bool = False
     admin_token: SecretStr | None = None
 
@@ -102,6 +116,22 @@ class Settings(BaseSettings):
             raise ValueError("a wildcard CORS origin is not allowed; list the origins")
         return value
 
+    @field_validator("token_secret", "token_previous_secret", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        # An inventory leaves the previous key empty between rotations.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("token_secret", "token_previous_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # HS256 keys shorter than the hash (32 bytes) weaken it (RFC 7518, 3.2).
+        if value is not None and len(value.get_secret_value()) < _MIN_TOKEN_SECRET:
+            raise ValueError(f"must be at least {_MIN_TOKEN_SECRET} characters long")
+        return value
+
     @model_validator(mode="after")
     def _bounds_fit_the_deadline(self) -> "Settings":
         """With the database down a request waits for a pooled connection, then for
@@ -114,6 +144,7 @@ class Settings(BaseSettings):
             ),
             "db_connect_timeout_seconds": self.db_connect_timeout_seconds,
             "redis_timeout_seconds": self.redis_timeout_seconds,
+            "password_hash_wait_seconds": self.password_hash_wait_seconds,
         }
         for name, seconds in waits.items():
             if seconds >= deadline:
