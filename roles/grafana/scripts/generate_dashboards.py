@@ -9,8 +9,8 @@ Run this after changing a panel, and commit the result:
 
 Queries use the data source with the fixed uid the role provisions, the app's metric
 names (http_requests_total, http_request_duration_seconds, shop_cache_requests_total,
-shop_db_pool_*) and the metric names of Debian 12's exporters. Every dashboard has
-`env` and `host` variables; `$__rate_interval` is Grafana's rate window.
+shop_db_pool_*, shop_login_failures_total) and the metric names of Debian 12's exporters.
+Every dashboard has `env` and `host` variables; `$__rate_interval` is Grafana's rate window.
 """
 
 from __future__ import annotations
@@ -210,6 +210,20 @@ def app() -> dict:
                     (f"sum by (host) (shop_db_pool_size{sel('app')})", "pool size {{host}}"),
                 ],
                 description="Checked out close to the pool size: requests queue for a connection.",
+            ),
+            Panel(
+                "Failed logins",
+                [
+                    (
+                        f"sum by (host) (rate(shop_login_failures_total{sel('app')}{RATE}))",
+                        "{{host}}",
+                    )
+                ],
+                "reqps",
+                description=(
+                    "401 answers of POST /api/auth/token per second; ShopLoginFailureBurst"
+                    " fires when their sum stays above its threshold."
+                ),
             ),
         ],
     )
