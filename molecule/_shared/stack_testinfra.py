@@ -10,7 +10,8 @@
 - `log_in(run, users)` gets bearer tokens for seeded demo users through the site, on the
   host that `run` executes shell commands on; the tokens stay in files there (mode 600):
   `token_header(user)` is the path for curl's `-H @file`, `token_file(user)` the bare token.
-  `bearer_header(host, user)` does it for a testinfra host.
+  `bearer_header(host, user)` does it for a testinfra host; `Tokens` logs in again before
+  the tokens would expire.
 - A test marked `@pytest.mark.journal("unit", ...)` (or a module with `JOURNAL_UNITS`)
   prints the tail of those units' journals when it fails, on the host it ran against.
 """
@@ -173,17 +174,18 @@ def bearer_header(host, user: int, site: str = SITE) -> str:
 
 
 class Tokens:
-    """Demo users' tokens on one host, logged in again once half their lifetime passed."""
+    """Demo users' tokens on one host (log_in), logged in again when they would expire
+    before what they are needed for is over."""
 
     def __init__(self, run: Callable[[str], str], users: list[int] | tuple[int, ...]) -> None:
         self.run, self.users = run, list(users)
-        self.renew_at = 0.0
+        self.expires_at = 0.0
 
-    def fresh(self) -> None:
-        if time.monotonic() >= self.renew_at:
+    def fresh(self, for_seconds: float) -> None:
+        """Valid for at least for_seconds more (and a minute of margin) when this returns."""
+        if time.monotonic() + for_seconds + 60 >= self.expires_at:
             began = time.monotonic()
-            lifetime = log_in(self.run, self.users)
-            self.renew_at = began + lifetime / 2
+            self.expires_at = began + log_in(self.run, self.users)
 
 
 def run_playbook(playbook: str, *args: str) -> PlaybookRun:
