@@ -96,7 +96,7 @@ _LOG_IN = r"""
 import json, os, ssl, sys, time, urllib.error, urllib.parse, urllib.request
 site, directory, password = %(site)r, %(directory)r, %(password)r
 users, deadline = %(users)r, time.monotonic() + %(wait)r
-context = ssl._create_unverified_context()  # the stack's own certificate
+context = ssl._create_unverified_context()  # self-signed in the test bed
 os.makedirs(directory, mode=0o700, exist_ok=True)
 result = {}
 for user in users:
@@ -154,8 +154,9 @@ def log_in(run: Callable[[str], str], users: list[int] | tuple[int, ...], site: 
         "users": list(users),
         "wait": LOGIN_WAIT,
     }
-    out = run(f"python3 - <<'LOG_IN'\n{program}\nLOG_IN")
-    result = json.loads(out.strip().splitlines()[-1])
+    out = run(f"python3 - <<'LOG_IN'\n{program}\nLOG_IN").strip()
+    assert out, "the log-in printed nothing"
+    result = json.loads(out.splitlines()[-1])
     refused = {u: e for u, e in result.items() if e["status"] != 200}
     assert not refused, f"demo users not logged in: {refused}"
     return min(int(e["expires_in"] or 0) for e in result.values())
