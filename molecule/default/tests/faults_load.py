@@ -22,7 +22,8 @@ are placed as a writer, and a reader reads their own orders. The two are kept ap
 that the orders the load places do not make the reads slower fault after fault. Without
 them, those requests go without a token (and are answered 401).
 
-By hand, on the web host: python3 faults_load.py --rate 12 --max-seconds 10 </dev/null
+By hand, on the web host (stdin held open for 10 s; tokens from an earlier test run):
+    sleep 10 | python3 faults_load.py --rate 12 --max-seconds 10 --writers 11 --readers 15
 """
 
 from __future__ import annotations
