@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import ssl
 import subprocess
 import sys
@@ -27,7 +28,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchkit import openloop, report, stats, system, wrk
+from benchkit import openloop, report, stats, system, tokens, wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -51,6 +52,18 @@ ENDPOINTS = {
 }
 # The weighted read mix (out of 10).
 MIX = {"popular": 4, "user": 2, "user-orders": 2, "category": 2}
+# Points whose requests carry a demo user's token (benchkit/tokens.py), and those of them
+# that place orders (as writers; the others read a reader's own orders).
+TOKEN_POINTS = {"user-orders", "order-write", "mix", "mix@128", "user-orders@rate"}
+WRITER_POINTS = {"order-write"}
+# How many demo users are logged in: readers (fewer in smoke), and writers. Logins are
+# slow on purpose (argon2id, a few at once per app worker): 2 at a time.
+TOKEN_READERS = 64
+TOKEN_READERS_SMOKE = 16
+TOKEN_WRITERS = 16
+LOGIN_CONCURRENCY = 2
+# A sample is logged in again when it would expire within a point plus this margin.
+TOKEN_MARGIN_S = 60.0
 
 # Profile -> what it needs besides its variable file, and the points measured under it.
 # "user-orders@rate" is the fixed-rate latency point (open loop, --rate requests/s): a
@@ -154,6 +167,9 @@ class Runner:
         }
         self.steal_before = system.read_steal()
         self.failed_profiles: dict[str, str] = {}
+        # The demo users' tokens (tokens.log_in_all) and when the first of them expires.
+        self.login: dict | None = None
+        self.script_data: wrk.Data | None = None
 
     # --- helpers -------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -340,12 +356,83 @@ class Runner:
             raise RuntimeError(f"cannot count the data: {out.stderr.strip()}")
         users, products, categories = (int(v or 0) for v in out.stdout.strip().split("|"))
         self.users, self.products, self.categories = users, products, max(categories, 1)
-        self.log(f"data: {users:,} users, {products:,} products, {categories} bench categories")
+        # The seed's demo accounts, the only users that can log in: user<id>@example.com.
+        demo = self.docker(
+            self.db_host,
+            "psql",
+            "-XAtq",
+            "-d",
+            self.args.db_name,
+            "-c",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM users "
+            "WHERE email = 'user' || id || '@example.com'",
+            user="postgres",
+        )
+        if demo.returncode != 0:
+            raise RuntimeError(f"cannot list the demo users: {demo.stderr.strip()}")
+        demo_ids = [int(v) for v in demo.stdout.strip().split(",") if v]
+        readers = TOKEN_READERS_SMOKE if self.args.smoke else TOKEN_READERS
+        self.reader_ids, self.writer_ids = tokens.split_sample(demo_ids, readers, TOKEN_WRITERS)
+        self.log(
+            f"data: {users:,} users, {products:,} products, {categories} bench categories; "
+            f"{len(demo_ids):,} demo users, {len(self.reader_ids)} read their orders, "
+            f"{len(self.writer_ids)} place orders"
+        )
+        data = wrk.Data(users, self.categories, products)
         self.scripts = {}
-        for kind in ("user", "user-orders", "category", "order-write", "mix"):
+        for kind in ("user", "category"):
             path = self.tmp / f"{kind}.lua"
-            path.write_text(wrk.lua_script(kind, users, self.categories, products, MIX))
+            path.write_text(wrk.lua_script(kind, data))
             self.scripts[kind] = str(path)
+
+    def prepare_tokens(self, profile: str, writers: bool, for_seconds: float) -> None:
+        """Tokens for the points that send them, valid for for_seconds at least, written
+        into their wrk scripts (in the runner's own temporary directory, 0700).
+
+        The sample logs in again only when its tokens would expire first. The peer reads
+        no header: it gets the same users with a placeholder instead of a token.
+        """
+        if profile in PEER:
+            data = wrk.Data(
+                self.users,
+                self.categories,
+                self.products,
+                tuple((u, tokens.PLACEHOLDER) for u in self.reader_ids),
+                tuple((u, tokens.PLACEHOLDER) for u in self.writer_ids),
+            )
+        else:
+            now = time.monotonic()
+            if (
+                self.login is None
+                or self.login["expires_at"] - now < for_seconds + TOKEN_MARGIN_S
+                or (writers and not self.login["writers"])
+            ):
+                users = self.reader_ids + (self.writer_ids if writers else [])
+                pairs, lifetime = tokens.log_in_all(self.base_url, users, LOGIN_CONCURRENCY)
+                self.login = {
+                    "readers": tuple(pairs[: len(self.reader_ids)]),
+                    "writers": tuple(pairs[len(self.reader_ids) :]),
+                    "expires_at": now + lifetime,
+                }
+                self.log(
+                    f"  logged {len(users)} demo users in ({time.monotonic() - now:.1f} s; "
+                    f"tokens for {lifetime} s)"
+                )
+            data = wrk.Data(
+                self.users,
+                self.categories,
+                self.products,
+                self.login["readers"],
+                self.login["writers"],
+            )
+        if data != self.script_data:
+            for kind in ("user-orders", "order-write", "mix"):
+                if kind == "order-write" and not data.writers:
+                    continue
+                path = self.tmp / f"{kind}.lua"
+                path.write_text(wrk.lua_script(kind, data, MIX))
+                self.scripts[kind] = str(path)
+            self.script_data = data
 
     # --- measuring -------------------------------------------------------------------------
     def wrk_point(self, endpoint: str, duration: float) -> dict:
@@ -385,8 +472,11 @@ class Runner:
         result["host_busy_pct"] = system.busy_pct(steal0, steal1)
         return result
 
-    def user_orders_path(self, rng: random.Random) -> str:
-        return f"/api/users/{rng.randint(1, self.users)}/orders"
+    def user_orders_request(self, rng: random.Random) -> tuple[str, dict[str, str]]:
+        """A reader's own orders, with that reader's token."""
+        assert self.script_data is not None, "prepare_tokens() first"
+        user, token = rng.choice(self.script_data.readers)
+        return f"/api/users/{user}/orders", {"Authorization": f"Bearer {token}"}
 
     def rate_point(self, duration: float) -> dict:
         rng = random.Random(13)  # noqa: S311 - picks request paths, nothing secret
@@ -398,7 +488,7 @@ class Runner:
             raw = asyncio.run(
                 openloop.run(
                     self.base_url,
-                    lambda: self.user_orders_path(rng),
+                    lambda: self.user_orders_request(rng),
                     openloop.Schedule(self.args.rate, duration),
                 )
             )
@@ -437,8 +527,12 @@ class Runner:
         d, warm = self.args.duration, self.args.warmup
         self.prime()
         results = {ep: [] for ep in points}
+        writers = bool(WRITER_POINTS & set(points))
         for round_ in range(self.args.rounds):
             for ep in points:
+                if ep in TOKEN_POINTS:
+                    # A rate point may run its grace period past its duration.
+                    self.prepare_tokens(profile, writers, warm + d + 10)
                 if round_ == 0 and warm > 0:
                     if ep == "user-orders@rate":
                         self.rate_point(warm)
@@ -669,6 +763,8 @@ class Runner:
                     self.log(f"  profile {profile} NOT measured: {exc}")
                     self.failed_profiles[profile] = f"measuring failed: {str(exc).splitlines()[0]}"
         finally:
+            # The scripts hold tokens: nothing of them outlives the run.
+            shutil.rmtree(self.tmp, ignore_errors=True)
             if not self.args.no_apply and not self.args.keep_state:
                 self.log("back to the tuned profile")
                 try:

@@ -18,10 +18,10 @@ class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
 
-    async def get(self, host: str, path: str) -> int:
-        self.writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: bench-openloop\r\n\r\n".encode()
-        )
+    async def get(self, host: str, path: str, headers: dict[str, str] | None = None) -> int:
+        lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "User-Agent: bench-openloop"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         status_line = await self.reader.readline()
         if not status_line:
             raise ConnectionError("connection closed")
@@ -64,8 +64,12 @@ class Schedule:
     grace_s: float = 5.0
 
 
+# What next_path() gives: a path, or a path and headers to send with it (a token).
+Request = str | tuple[str, dict[str, str]]
+
+
 class _Generator:
-    def __init__(self, base_url: str, next_path: Callable[[], str], schedule: Schedule) -> None:
+    def __init__(self, base_url: str, next_path: Callable[[], Request], schedule: Schedule) -> None:
         url = urlsplit(base_url)
         self.host = url.hostname or ""
         self.port = url.port or (443 if url.scheme == "https" else 80)
@@ -87,7 +91,7 @@ class _Generator:
         self.opened += 1
         return _Connection(reader, writer)
 
-    async def send(self, path: str) -> int:
+    async def send(self, path: str, headers: dict[str, str] | None = None) -> int:
         """One GET; a kept-alive connection the server has closed meanwhile is replaced
         by a new one once (GETs are safe to repeat)."""
         conn = self.idle.pop() if self.idle else None
@@ -96,7 +100,7 @@ class _Generator:
             if conn is None:
                 conn = await self.connect()
             try:
-                status = await conn.get(self.host, path)
+                status = await conn.get(self.host, path, headers)
             except _Closed as closed:
                 conn.close()
                 return closed.status
@@ -115,8 +119,10 @@ class _Generator:
         if delay > 0:
             await asyncio.sleep(delay)
         async with self.slots:
+            request = self.next_path()
+            path, headers = (request, None) if isinstance(request, str) else request
             try:
-                status = await self.send(self.next_path())
+                status = await self.send(path, headers)
             except (OSError, ValueError, IndexError, asyncio.IncompleteReadError, ConnectionError):
                 self.errors += 1
                 return
@@ -148,7 +154,8 @@ class _Generator:
         }
 
 
-async def run(base_url: str, next_path: Callable[[], str], schedule: Schedule) -> dict:
+async def run(base_url: str, next_path: Callable[[], Request], schedule: Schedule) -> dict:
     """Send schedule.rate requests/s for schedule.duration_s; latencies in ms from the
-    intended start of each request."""
+    intended start of each request. next_path() gives each request's path, or its path and
+    headers."""
     return await _Generator(base_url, next_path, schedule).run()

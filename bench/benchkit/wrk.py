@@ -1,6 +1,9 @@
 """wrk's command line, Lua scripts and output."""
 
 import re
+from dataclasses import dataclass
+
+from benchkit import tokens
 
 _UNITS_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _REQUESTS = re.compile(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h)", re.M)
@@ -49,48 +52,84 @@ def command(url: str, connections: int, duration_s: float, script: str | None, c
     return [*cmd, url]
 
 
-def lua_script(
-    kind: str, users: int, categories: int, products: int, mix: dict | None = None
-) -> str:
-    """A wrk script for the endpoints whose request changes each time (ids, bodies)."""
-    header = (
+# The script kinds that send a user's token: their lua_script needs (id, token) pairs.
+READER_KINDS = {"user-orders"}
+WRITER_KINDS = {"order-write"}
+
+
+@dataclass(frozen=True)
+class Data:
+    """What a script draws its requests from: the id ranges of the data, and the users it
+    sends requests as, (id, token) pairs (a user's orders are read as one of the readers,
+    orders placed as one of the writers)."""
+
+    users: int
+    categories: int
+    products: int
+    readers: tuple[tuple[int, str], ...] = ()
+    writers: tuple[tuple[int, str], ...] = ()
+
+
+def lua_script(kind: str, data: Data, mix: dict | None = None) -> str:
+    """A wrk script for the endpoints whose request changes each time (ids, bodies).
+
+    A user's orders are read with that user's token; an order is placed with a writer's
+    token, which says who orders (the body names no user). The file holds the tokens:
+    keep it where only the runner reads it.
+    """
+    readers, writers = data.readers, data.writers
+    parts = (mix or {}) if kind == "mix" else {kind: 1}
+    if READER_KINDS & set(parts) and not readers:
+        raise ValueError(f"{kind} reads a user's orders: it needs readers (id, token)")
+    if WRITER_KINDS & set(parts) and not writers:
+        raise ValueError(f"{kind} places orders: it needs writers (id, token)")
+    script = (
         "-- written by bench/run.py\n"
-        f"local users, categories, products = {users}, {categories}, {products}\n"
+        f"local users, categories, products = {data.users}, {data.categories}, {data.products}\n"
         "math.randomseed(os.time())\n"
         "local function user() return math.random(1, users) end\n"
         "local function category()\n"
         "  return string.format('cat-%03d', math.random(0, categories - 1))\n"
         "end\n"
-        "local paths = {\n"
-        "  popular = function() return '/api/products/popular?limit=10' end,\n"
-        "  user = function() return '/api/users/' .. user() end,\n"
-        "  ['user-orders'] = function() return '/api/users/' .. user() .. '/orders' end,\n"
-        "  category = function() return '/api/products?limit=20&category=' .. category() end,\n"
-        "}\n"
+        "local function pick(list) return list[math.random(1, #list)] end\n"
     )
-    if kind == "order-write":
-        return header + (
-            "wrk.method = 'POST'\n"
-            "wrk.headers['Content-Type'] = 'application/json'\n"
-            "request = function()\n"
-            '  local body = string.format(\'{"user_id": %d, "items": '
-            '[{"product_id": %d, "quantity": %d}]}\', user(), math.random(1, products),'
-            " math.random(1, 3))\n"
-            "  return wrk.format(nil, '/api/orders', nil, body)\n"
-            "end\n"
+    if readers:
+        script += f"local readers = {tokens.lua_pairs(readers)}\n"
+    if writers:
+        headers = {"Content-Type": "application/json"}
+        script += f"local writers = {tokens.lua_pairs(writers, headers)}\n"
+    script += (
+        "local requests = {\n"
+        "  popular = function() return wrk.format('GET', '/api/products/popular?limit=10') end,\n"
+        "  user = function() return wrk.format('GET', '/api/users/' .. user()) end,\n"
+        "  category = function()\n"
+        "    return wrk.format('GET', '/api/products?limit=20&category=' .. category())\n"
+        "  end,\n"
+    )
+    if readers:
+        script += (
+            "  ['user-orders'] = function()\n"
+            "    local reader = pick(readers)\n"
+            "    return wrk.format('GET', '/api/users/' .. reader[1] .. '/orders', reader[2])\n"
+            "  end,\n"
         )
+    if writers:
+        script += (
+            "  ['order-write'] = function()\n"
+            '    local body = string.format(\'{"items": [{"product_id": %d, "quantity": %d}]}\',\n'
+            "      math.random(1, products), math.random(1, 3))\n"
+            "    return wrk.format('POST', '/api/orders', pick(writers)[2], body)\n"
+            "  end,\n"
+        )
+    script += "}\n"
     if kind == "mix":
-        table = []
+        wheel = []
         for name, weight in sorted((mix or {}).items()):
-            table += [f"paths['{name}']"] * int(weight)
-        return header + (
-            "local wheel = {" + ", ".join(table) + "}\n"
-            "request = function()\n"
-            "  return wrk.format('GET', wheel[math.random(1, #wheel)]())\n"
-            "end\n"
+            wheel += [f"requests['{name}']"] * int(weight)
+        return script + (
+            "local wheel = {" + ", ".join(wheel) + "}\n"
+            "request = function() return wheel[math.random(1, #wheel)]() end\n"
         )
-    if kind in ("user", "user-orders", "category"):
-        return header + (
-            f"request = function()\n  return wrk.format('GET', paths['{kind}']())\nend\n"
-        )
+    if kind in ("user", "user-orders", "category", "order-write"):
+        return script + f"request = requests['{kind}']\n"
     raise ValueError(f"no wrk script for {kind}")

@@ -111,3 +111,36 @@ def test_open_loop_replaces_connections_the_server_closed():
         server.shutdown()
     assert r["errors"] == 0
     assert len(r["latencies_ms"]) == 20
+
+
+class _BearerHandler(_Handler):
+    """Answers 200 only to the token that goes with the user in the path."""
+
+    def do_GET(self):
+        user = self.path.split("/")[3]
+        if self.headers.get("Authorization") != f"Bearer tok-{user}":
+            self.path = "/missing"
+        super().do_GET()
+
+
+def test_open_loop_sends_each_requests_own_headers():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BearerHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    users = iter([3, 8] * 20)
+
+    def request():
+        user = next(users)
+        return f"/api/users/{user}/orders", {"Authorization": f"Bearer tok-{user}"}
+
+    try:
+        r = asyncio.run(
+            openloop.run(
+                f"http://127.0.0.1:{server.server_port}",
+                request,
+                openloop.Schedule(rate=100, duration_s=0.4, max_connections=2),
+            )
+        )
+    finally:
+        server.shutdown()
+    assert r["errors"] == 0 and r["non2xx"] == 0
+    assert len(r["latencies_ms"]) == 40

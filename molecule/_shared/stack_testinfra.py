@@ -7,6 +7,11 @@
 - `exposure(host, unit)` is the unit's overall exposure score from `systemd-analyze
   security` (0 to 10, lower is better): deterministic, so tests may assert a ceiling;
   `unit_status(host, unit)` the /proc status of its main process.
+- `log_in(run, users)` gets bearer tokens for seeded demo users through the site, on the
+  host that `run` executes shell commands on; the tokens stay in files there (mode 600):
+  `token_header(user)` is the path for curl's `-H @file`, `token_file(user)` the bare token.
+  `bearer_header(host, user)` does it for a testinfra host; `Tokens` logs in again before
+  the tokens would expire.
 - A test marked `@pytest.mark.journal("unit", ...)` (or a module with `JOURNAL_UNITS`)
   prints the tail of those units' journals when it fails, on the host it ran against.
 """
@@ -14,9 +19,12 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +34,13 @@ from testinfra.utils.ansible_runner import AnsibleRunner
 
 JOURNAL_LINES = 60
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# The seed's demo accounts: user<N>@example.com, N = 1..app_seed_users, all with this
+# password (shop.seed.DEMO_PASSWORD): public demo data, not a secret.
+DEMO_PASSWORD = "demo-password"  # noqa: S105
+# Where log_in() keeps the tokens on the host that logged in: root's only.
+LOGIN_DIR = "/root/stack-tokens"
+SITE = "https://127.0.0.1"
+LOGIN_WAIT = 60.0  # seconds of 429s (hashing slots or nginx's zone) before giving up
 
 
 def inventory_dir() -> str:
@@ -71,6 +86,107 @@ def unit_status(host, unit: str) -> dict[str, str]:
     assert pid not in ("", "0"), f"{unit} has no main process"
     lines = host.file(f"/proc/{pid}/status").content_string.splitlines()
     return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
+# Run on the host by python3, from a heredoc: the tokens never appear on a command line
+# or in the test's output. Logs each user in through the site, waits as long as each 429
+# asks (Retry-After, else 1 s), and prints one JSON line: {user: {"status", "expires_in",
+# "detail"}}.
+_LOG_IN = r"""
+import json, os, ssl, sys, time, urllib.error, urllib.parse, urllib.request
+site, directory, password = %(site)r, %(directory)r, %(password)r
+users, deadline = %(users)r, time.monotonic() + %(wait)r
+context = ssl._create_unverified_context()  # self-signed in the test bed
+os.makedirs(directory, mode=0o700, exist_ok=True)
+result = {}
+for user in users:
+    form = urllib.parse.urlencode(
+        {"username": f"user{user}@example.com", "password": password}
+    ).encode()
+    while True:
+        request = urllib.request.Request(site + "/api/auth/token", data=form)
+        try:
+            with urllib.request.urlopen(request, timeout=30, context=context) as response:
+                status, headers, body = response.status, response.headers, response.read()
+        except urllib.error.HTTPError as error:
+            status, headers, body = error.code, error.headers, error.read()
+        if status != 429 or time.monotonic() > deadline:
+            break
+        time.sleep(min(float(headers.get("Retry-After") or 1), 10))
+    entry = {"status": status, "expires_in": None, "detail": ""}
+    if status == 200:
+        answer = json.loads(body)
+        entry["expires_in"] = answer.get("expires_in")
+        for name, text in (
+            (f"user{user}.token", answer["access_token"]),
+            (f"user{user}.header", "Authorization: Bearer " + answer["access_token"] + "\n"),
+        ):
+            path = os.path.join(directory, name)
+            fd = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(path + ".new", path)
+    else:
+        entry["detail"] = body[:300].decode("utf-8", "replace")
+    result[str(user)] = entry
+print(json.dumps(result))
+"""
+
+
+def token_file(user: int) -> str:
+    """The bare token of a demo user that log_in() fetched, on the host that fetched it."""
+    return f"{LOGIN_DIR}/user{user}.token"
+
+
+def token_header(user: int) -> str:
+    """`Authorization: Bearer <token>` of a demo user, for curl's `-H @file`."""
+    return f"{LOGIN_DIR}/user{user}.header"
+
+
+def log_in(run: Callable[[str], str], users: list[int] | tuple[int, ...], site: str = SITE) -> int:
+    """Log seeded demo users in through the site (POST /api/auth/token) from the host that
+    `run` (a shell command -> its stdout) executes on; returns the tokens' lifetime in
+    seconds. The tokens stay in that host's LOGIN_DIR (token_file, token_header)."""
+    program = _LOG_IN % {
+        "site": site,
+        "directory": LOGIN_DIR,
+        "password": DEMO_PASSWORD,
+        "users": list(users),
+        "wait": LOGIN_WAIT,
+    }
+    out = run(f"python3 - <<'LOG_IN'\n{program}\nLOG_IN").strip()
+    assert out, "the log-in printed nothing"
+    result = json.loads(out.splitlines()[-1])
+    refused = {u: e for u, e in result.items() if e["status"] != 200}
+    assert not refused, f"demo users not logged in: {refused}"
+    return min(int(e["expires_in"] or 0) for e in result.values())
+
+
+def bearer_header(host, user: int, site: str = SITE) -> str:
+    """Log a demo user in from a testinfra host; the path of the header file on that host."""
+
+    def run(command: str) -> str:
+        out = host.run(command)
+        assert out.rc == 0, out.stderr
+        return out.stdout
+
+    log_in(run, [user], site)
+    return token_header(user)
+
+
+class Tokens:
+    """Demo users' tokens on one host (log_in), logged in again when they would expire
+    before what they are needed for is over."""
+
+    def __init__(self, run: Callable[[str], str], users: list[int] | tuple[int, ...]) -> None:
+        self.run, self.users = run, list(users)
+        self.expires_at = 0.0
+
+    def fresh(self, for_seconds: float) -> None:
+        """Valid for at least for_seconds more (and a minute of margin) when this returns."""
+        if time.monotonic() + for_seconds + 60 >= self.expires_at:
+            began = time.monotonic()
+            self.expires_at = began + log_in(self.run, self.users)
 
 
 def run_playbook(playbook: str, *args: str) -> PlaybookRun:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from stack_testinfra import assert_refused, converge, hosts_in
+from stack_testinfra import assert_refused, bearer_header, converge, hosts_in
 
 testinfra_hosts = hosts_in("app")
 
@@ -271,3 +271,69 @@ def test_app_09_new_release_reloads_and_rollback_returns(host, changed_source):
 )
 def test_app_10_bad_variables_fail_before_any_change(extra, message):
     assert_refused("-e", extra, message=message)
+
+
+# A test value, as the scenario's own vault values are.
+ROTATED_SECRET = "rotated-token-secret-of-the-app-scenario"  # noqa: S105
+
+
+def worker_pids(host) -> set[str]:
+    pid = main_pid(host)
+    if pid in ("", "0"):
+        return set()
+    return set(host.run(f"ps --ppid {pid} -o pid=").stdout.split())
+
+
+def replaced(host, workers_before: set[str]) -> bool:
+    """Every worker is new (as many as before), so every one read the environment again,
+    and the service answers."""
+    now = worker_pids(host)
+    return (
+        len(now) == len(workers_before)
+        and not now & workers_before
+        and get(host, "/health/live")[0] == 200
+    )
+
+
+def me(host, header_file: str) -> int:
+    """Status of GET /api/users/me with the bearer header in that file (curl reads it)."""
+    out = host.run(
+        f"curl -s -m 20 -o /dev/null -w '%{{http_code}}' -H @{header_file} {LOCAL}/api/users/me"
+    )
+    return int(out.stdout or 0)
+
+
+def test_app_12_tokens_of_a_rotated_key_work_until_it_is_dropped(host, hostvars, tmp_path):
+    old = hostvars(host.backend.get_hostname()).get("vault_app_token_secret")
+    assert old, "the scenario sets vault_app_token_secret"
+    before = bearer_header(host, 1, LOCAL)
+    assert me(host, before) == 200
+
+    def converged_with(variables: dict) -> None:
+        # Through a file: the keys stay off the command line.
+        values = tmp_path / "keys.json"
+        values.write_text(json.dumps(variables))
+        values.chmod(0o600)
+        workers_before = worker_pids(host)
+        converged("-e", f"@{values}")
+        # A reload: the new workers read the environment file again, the old ones leave.
+        assert wait_for(lambda: replaced(host, workers_before), 60), "the workers stayed"
+
+    try:
+        converged_with(
+            {"vault_app_token_secret": ROTATED_SECRET, "vault_app_token_previous_secret": old}
+        )
+        after = bearer_header(host, 2, LOCAL)
+        assert me(host, after) == 200
+        assert me(host, before) == 200, "a token of the previous key was refused"
+
+        converged_with({"vault_app_token_secret": ROTATED_SECRET})
+        assert me(host, after) == 200
+        assert me(host, before) == 401, "a token of a dropped key was accepted"
+    finally:
+        workers_before = worker_pids(host)
+        converged()
+        wait_for(lambda: replaced(host, workers_before), 60)
+    # Back on the scenario's key: a token of the rotated one is refused, the first works.
+    assert me(host, after) == 401
+    assert me(host, before) == 200

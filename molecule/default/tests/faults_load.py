@@ -15,7 +15,15 @@ start is the epoch time (the host's clock, which the containers share with the t
 status is 0 when no answer came (error says why: "timeout" or "connection"); order is the
 id of an order answered 201. The last line is {"done": true, "sent": N}.
 
-By hand, on the web host: python3 faults_load.py --rate 12 --max-seconds 10 </dev/null
+Orders and a user's orders need a bearer token. --writers and --readers name seeded demo
+users whose tokens are in --token-dir (user<N>.token, as stack_testinfra.log_in leaves
+them on the web host; read once at the start, so no token is on a command line): orders
+are placed as a writer, and a reader reads their own orders. The two are kept apart so
+that the orders the load places do not make the reads slower fault after fault. Without
+them, those requests go without a token (and are answered 401).
+
+By hand, on the web host (stdin held open for 10 s; tokens from an earlier test run):
+    sleep 10 | python3 faults_load.py --rate 12 --max-seconds 10 --writers 11 --readers 15
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import ssl
 import sys
 import threading
 import time
+from pathlib import Path
 
 CATEGORIES = ("books", "music", "games", "garden", "kitchen", "toys")
 # One cycle of the mix: mostly reads (the cached popular list, a user, a user's orders, a
@@ -48,18 +57,25 @@ MIX = (
 )
 
 
-def request_for(kind: str, rng: random.Random) -> tuple[str, str, bytes | None]:
-    user = rng.randint(1, 1000)
+def request_for(
+    kind: str, rng: random.Random, readers: list[int], writers: list[int]
+) -> tuple[str, str, bytes | None, int | None]:
+    """Method, path, body, and the demo user whose token goes with it (or None)."""
     if kind == "popular":
-        return "GET", "/api/products/popular?limit=10", None
+        return "GET", "/api/products/popular?limit=10", None, None
     if kind == "user":
-        return "GET", f"/api/users/{user}", None
+        return "GET", f"/api/users/{rng.randint(1, 1000)}", None, None
     if kind == "orders":
-        return "GET", f"/api/users/{user}/orders", None
+        user = rng.choice(readers) if readers else rng.randint(1, 1000)
+        return "GET", f"/api/users/{user}/orders", None, user if readers else None
     if kind == "category":
-        return "GET", f"/api/products?category={rng.choice(CATEGORIES)}&limit=20", None
-    body = {"user_id": user, "items": [{"product_id": rng.randint(1, 100), "quantity": 1}]}
-    return "POST", "/api/orders", json.dumps(body).encode()
+        return "GET", f"/api/products?category={rng.choice(CATEGORIES)}&limit=20", None, None
+    body = json.dumps({"items": [{"product_id": rng.randint(1, 100), "quantity": 1}]}).encode()
+    return "POST", "/api/orders", body, rng.choice(writers) if writers else None
+
+
+def read_tokens(directory: str, users: list[int]) -> dict[int, str]:
+    return {user: (Path(directory) / f"user{user}.token").read_text().strip() for user in users}
 
 
 class Load:
@@ -72,6 +88,7 @@ class Load:
         self.context.verify_mode = ssl.CERT_NONE
         self.out = threading.Lock()
         self.stop = threading.Event()
+        self.tokens = read_tokens(args.token_dir, args.readers + args.writers)
 
     def emit(self, record: dict) -> None:
         line = json.dumps(record, separators=(",", ":"))
@@ -82,7 +99,7 @@ class Load:
     def one(self, n: int, start: float) -> None:
         rng = random.Random(n)  # noqa: S311 - picks ids for a load mix, nothing secret
         kind = MIX[n % len(MIX)]
-        method, path, body = request_for(kind, rng)
+        method, path, body, user = request_for(kind, rng, self.args.readers, self.args.writers)
         status, error, order = 0, "", None
         began = time.monotonic()
         try:
@@ -93,6 +110,8 @@ class Load:
                 timeout=self.args.timeout,
             )
             headers = {"Host": self.args.server_name, "Connection": "close"}
+            if user is not None:
+                headers["Authorization"] = f"Bearer {self.tokens[user]}"
             if body is not None:
                 headers["Content-Type"] = "application/json"
             try:
@@ -150,6 +169,10 @@ class Load:
         self.emit({"done": True, "sent": n})
 
 
+def users(text: str) -> list[int]:
+    return [int(n) for n in text.split(",") if n]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", default="127.0.0.1")
@@ -158,6 +181,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=12.0, help="requests per second")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     parser.add_argument("--max-seconds", type=float, default=120.0)
+    parser.add_argument("--token-dir", default="/root/stack-tokens")
+    parser.add_argument("--readers", type=users, default=[], help="demo user ids, 15,16")
+    parser.add_argument("--writers", type=users, default=[], help="demo user ids, 11,12")
     Load(parser.parse_args()).run()
 
 

@@ -1,7 +1,8 @@
 """The fault suite (issue 14): one fault at a time under paced load through nginx.
 
 Each test starts faults_load.py on the web host (12 requests/s to nginx on its loopback,
-a mix of cached and uncached reads and order writes, each request bounded), lets it run
+a mix of cached and uncached reads and order writes, each request bounded; the writes and
+a user's orders with demo users' tokens, logged in through nginx before), lets it run
 cleanly for a moment, injects one fault, ends it, keeps the load going until the stack
 has answered only successes for RECOVERY_RUN seconds (or SETTLE_MAX pass), then stops
 the load. Each fault adds a row to a table printed in the test output, with the columns
@@ -44,7 +45,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from stack_testinfra import hosts_in
+from stack_testinfra import LOGIN_DIR, Tokens, hosts_in
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parents[2]
@@ -63,6 +64,11 @@ DEADLINE_DEFAULT = 3.0
 RECOVERY_BOUND = 2.0
 TARGETS_WAIT = 120.0  # a restarted host's exporters are all back within a minute
 LOAD_MAX_SECONDS = 240.0
+# Seeded demo users the load places orders as, and others whose own orders it reads: apart,
+# so the suite's writes (about one a second) leave the reads as costly in the last fault
+# as in the first.
+WRITERS = (11, 12, 13, 14)
+READERS = (15, 16, 17, 18)
 
 COLUMNS = (
     ("fault", 28),
@@ -133,6 +139,10 @@ class Stack:
         self.cache = hosts_in("cache")[0]
         self.mon = hosts_in("monitoring")[0]
         assert len(self.apps) >= 2, "the app faults need two app hosts"
+        # The tokens stay on the web host, where the load reads them.
+        self.tokens = Tokens(
+            lambda command: self.sh(self.web, command, timeout=180), WRITERS + READERS
+        )
         # The request deadline (roles/stack) and the app's bounds on the database
         # (roles/app), as the app hosts were given them.
         self.deadline = self.setting(
@@ -302,6 +312,7 @@ class LoadRun:
     """faults_load.py running on the web host; its records arrive while it runs."""
 
     def __init__(self, stack: Stack) -> None:
+        stack.tokens.fresh(LOAD_MAX_SECONDS + REQUEST_TIMEOUT)
         # Closed in stop(), which every run reaches through its finally.
         self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -321,6 +332,12 @@ class LoadRun:
                 str(LOAD_MAX_SECONDS),
                 "--server-name",
                 stack.web,
+                "--token-dir",
+                LOGIN_DIR,
+                "--writers",
+                ",".join(map(str, WRITERS)),
+                "--readers",
+                ",".join(map(str, READERS)),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -2,6 +2,8 @@
 
 Control IDs (stack-NN) name each check. Requests start on web1 and go to its loopback
 (nginx on 443), so every one crosses nginx -> app -> PgBouncer -> PostgreSQL / Redis.
+Writes and a user's orders need a bearer token: tests log seeded demo users in through
+the site (stack_testinfra.bearer_header), and curl reads the header from a file on web1.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-from stack_testinfra import assert_refused, inventory_dir, run_playbook
+from stack_testinfra import (
+    assert_refused,
+    bearer_header,
+    inventory_dir,
+    run_playbook,
+    token_file,
+)
 
 testinfra_hosts = ["web1"]
 JOURNAL_UNITS = ["nginx"]
@@ -27,13 +35,9 @@ CURL = "curl -sk --max-time 20"
 METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? ([-+0-9.eE]+|NaN|[+-]Inf)$")
 
 
-def get(
-    host, path: str, headers: tuple[str, ...] = (), body: bool = True
-) -> tuple[int, dict[str, str], str]:
-    """GET through nginx on web1; returns status, lower-cased headers and body (text; pass
-    body=False for a compressed or binary one)."""
-    head = " ".join(f"-H '{h}'" for h in headers)
-    out = host.run(f"{CURL} -D /dev/stderr {'' if body else '-o /dev/null'} {head} '{SITE}{path}'")
+def curl(host, path: str, *options: str) -> tuple[int, dict[str, str], str]:
+    """One request through nginx on web1; returns status, lower-cased headers and body."""
+    out = host.run(f"{CURL} -D /dev/stderr {' '.join(options)} '{SITE}{path}'")
     assert out.rc == 0, out.stderr
     blocks = [b for b in out.stderr.replace("\r", "").split("\n\n") if b.startswith("HTTP/")]
     lines = blocks[-1].splitlines()
@@ -43,6 +47,36 @@ def get(
         name, _, value = line.partition(":")
         found[name.strip().lower()] = value.strip()
     return status, found, out.stdout
+
+
+def get(
+    host, path: str, headers: tuple[str, ...] = (), body: bool = True
+) -> tuple[int, dict[str, str], str]:
+    """GET; pass body=False for a compressed or binary body."""
+    return curl(host, path, *(f"-H '{h}'" for h in headers), "" if body else "-o /dev/null")
+
+
+def send(
+    host, method: str, path: str, data: str | None = None, as_user: str | None = None
+) -> tuple[int, dict[str, str], str]:
+    """A request with a JSON body and, as_user, the bearer header file bearer_header()
+    wrote on web1 (curl reads it from there: the token is on no command line)."""
+    options = [f"-X {method}"]
+    if as_user:
+        options.append(f"-H @{as_user}")
+    if data is not None:
+        options.append(f"-H 'Content-Type: application/json' -d '{data}'")
+    return curl(host, path, *options)
+
+
+ORDER = '{"items": [{"product_id": 1, "quantity": 2}]}'
+ORDERS_COUNT = "runuser -u postgres -- psql -d shop -tAc 'SELECT count(*) FROM orders'"
+
+
+def orders_in_database(scenario_host) -> int:
+    out = scenario_host("db1").run(ORDERS_COUNT)
+    assert out.rc == 0, out.stderr
+    return int(out.stdout)
 
 
 def get_json(host, path: str):
@@ -119,17 +153,23 @@ def test_stack_02_reads_go_through_pgbouncer_then_redis(host, scenario_host, hos
     assert metric_sum(scenario_host, "shop_cache_requests_total", result="hit") > hits
 
 
-def test_stack_03_an_order_is_written(host):
-    body = '{"user_id": 1, "items": [{"product_id": 1, "quantity": 2}]}'
-    out = host.run(
-        f"{CURL} -o /dev/stderr -w '%{{http_code}}' -H 'Content-Type: application/json' "
-        f"-d '{body}' {SITE}/api/orders"
-    )
-    assert out.stdout == "201", out.stderr
-    order = json.loads(out.stderr)
+def test_stack_03_an_order_with_a_token_is_placed_for_that_user(host, scenario_host):
+    as_user1 = bearer_header(host, 1)
+    status, _, body = send(host, "GET", "/api/users/me", as_user=as_user1)
+    assert status == 200, body
+    assert json.loads(body)["id"] == 1
+    status, _, body = send(host, "POST", "/api/orders", ORDER, as_user=as_user1)
+    assert status == 201, body
+    order = json.loads(body)
     assert order["id"] > 0
-    orders = get_json(host, "/api/users/1/orders")
-    assert order["id"] in [o["id"] for o in orders["orders"]]
+    owner = scenario_host("db1").run(
+        "runuser -u postgres -- psql -d shop -tAc 'SELECT user_id FROM orders WHERE id = %s'",
+        str(order["id"]),
+    )
+    assert owner.stdout.strip() == "1", owner.stdout + owner.stderr
+    status, _, body = send(host, "GET", "/api/users/1/orders", as_user=as_user1)
+    assert status == 200, body
+    assert order["id"] in [o["id"] for o in json.loads(body)["orders"]]
 
 
 def test_stack_04_both_app_hosts_receive_traffic(host, scenario_host):
@@ -170,14 +210,28 @@ def test_stack_05_prometheus_sees_every_target_up(scenario_host):
 
 
 # A bounded load on web1's loopback: 4 threads, a new connection per request, until the
-# test creates the stop file (or 600 s pass). Counts every non-200 or error as failed.
+# test creates the stop file (or 600 s pass). Counts every unexpected status or error as
+# failed. One request in twelve places an order and one reads the orders, as the demo
+# user whose token file and id load.py gets: a token from before the deploy still works
+# after it, and no write is lost to the switch.
 LOAD_DIR = "/root/stack-load"
+LOAD_USER = 3
 LOAD_SCRIPT = r"""
 import http.client, json, os, ssl, sys, threading, time
 ctx = ssl._create_unverified_context()
-paths = ["/api/products/popular?limit=5", "/api/users/7", "/health/live"]
+with open(sys.argv[1]) as f:
+    bearer = {"Authorization": "Bearer " + f.read().strip()}
+user = int(sys.argv[2])
+order = json.dumps({"items": [{"product_id": 2, "quantity": 1}]}).encode()
+public = ("/api/products/popular?limit=5", "/api/users/7", "/health/live")
+reads = [("GET", path, None, 200) for path in public]
+requests = reads * 3 + [
+    ("GET", f"/api/users/{user}/orders", None, 200),
+    ("POST", "/api/orders", order, 201),
+    ("GET", "/health/live", None, 200),
+]
 stop_file, deadline = "stop", time.monotonic() + 600
-counts = {"total": 0, "failed": 0, "errors": [], "releases": []}
+counts = {"total": 0, "failed": 0, "orders": 0, "errors": [], "releases": []}
 lock = threading.Lock()
 
 def worker(n):
@@ -185,24 +239,31 @@ def worker(n):
     while not os.path.exists(stop_file) and time.monotonic() < deadline:
         # Paced under nginx's per-IP limit_req (20 r/s): this measures the deploy, not the limiter.
         time.sleep(0.25)
-        path = paths[i % len(paths)]
+        method, path, body, wanted = requests[i % len(requests)]
         i += 1
+        headers = {"Connection": "close"}
+        if body is not None or path.endswith("/orders"):
+            headers.update(bearer)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         try:
             conn = http.client.HTTPSConnection("127.0.0.1", 443, context=ctx, timeout=30)
-            conn.request("GET", path, headers={"Connection": "close"})
+            conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
-            body = resp.read()
+            answer = resp.read()
             conn.close()
-            ok, what = resp.status == 200, f"{resp.status} {path}"
+            ok, what = resp.status == wanted, f"{resp.status} {method} {path}"
         except Exception as exc:
-            ok, body, what = False, b"", f"{type(exc).__name__} {path}: {exc}"
+            ok, answer, what = False, b"", f"{type(exc).__name__} {method} {path}: {exc}"
         with lock:
             counts["total"] += 1
             if not ok:
                 counts["failed"] += 1
                 counts["errors"] = (counts["errors"] + [what])[-20:]
+            elif method == "POST":
+                counts["orders"] += 1
             elif path == "/health/live":
-                release = json.loads(body)["release"]
+                release = json.loads(answer)["release"]
                 if release not in counts["releases"]:
                     counts["releases"].append(release)
 
@@ -248,9 +309,10 @@ def test_stack_06_rolling_deploy_drops_no_request(host, scenario_host, new_relea
 
     host.run(f"rm -rf {LOAD_DIR} && mkdir -p {LOAD_DIR}")
     host.run(f"cat > {LOAD_DIR}/load.py <<'EOF'\n{LOAD_SCRIPT}\nEOF")
+    bearer_header(host, LOAD_USER)
     started = host.run(
         f"systemd-run --unit=stack-load --working-directory={LOAD_DIR} "
-        "--property=RuntimeMaxSec=700 python3 load.py"
+        f"--property=RuntimeMaxSec=700 python3 load.py {token_file(LOAD_USER)} {LOAD_USER}"
     )
     assert started.rc == 0, started.stderr
     try:
@@ -273,6 +335,7 @@ def test_stack_06_rolling_deploy_drops_no_request(host, scenario_host, new_relea
     assert len(set(new.values())) == 1 and set(new.values()) != set(old.values()), (old, new)
     assert load["total"] > 50, load
     assert load["failed"] == 0, load
+    assert load["orders"] > 3, load
     # The load saw the switch happen: the old release answered, then the new one.
     assert load["releases"][0] == old["app1"] and load["releases"][-1] == new["app1"], load
 
@@ -297,12 +360,9 @@ def test_stack_07_backup_then_restore_brings_the_data_back(host, scenario_host):
     assert backup.returncode == 0, backup.output[-6000:]
     before = int(db.run(count).stdout)
 
-    body = '{"user_id": 2, "items": [{"product_id": 3, "quantity": 1}]}'
-    out = host.run(
-        f"{CURL} -o /dev/null -w '%{{http_code}}' -H 'Content-Type: application/json' "
-        f"-d '{body}' {SITE}/api/orders"
-    )
-    assert out.stdout == "201"
+    body = '{"items": [{"product_id": 3, "quantity": 1}]}'
+    status, _, answer = send(host, "POST", "/api/orders", body, as_user=bearer_header(host, 2))
+    assert status == 201, answer
     assert int(db.run(count).stdout) == before + 1
 
     restore = run_playbook(str(PROJECT / "playbooks/restore.yml"), "-e", "restore_dump=latest")
@@ -377,3 +437,44 @@ def test_stack_10_bench_smoke_applies_profiles_loads_and_reports(scenario_host, 
         "\"SELECT indexname FROM pg_indexes WHERE indexname = 'ix_products_category_id'\""
     )
     assert indexes.stdout.strip() == "ix_products_category_id"
+
+
+def test_stack_11_an_order_without_a_token_is_refused_and_not_written(host, scenario_host):
+    before = orders_in_database(scenario_host)
+    status, headers, body = send(host, "POST", "/api/orders", ORDER)
+    assert status == 401, body
+    assert headers.get("www-authenticate", "").startswith("Bearer"), headers
+    # A made-up token is no better than none.
+    status, headers, body = curl(
+        host,
+        "/api/orders",
+        "-H 'Authorization: Bearer not.a.token'",
+        f"-H 'Content-Type: application/json' -d '{ORDER}'",
+    )
+    assert status == 401, body
+    assert headers.get("www-authenticate", "").startswith("Bearer"), headers
+    assert orders_in_database(scenario_host) == before
+
+
+def test_stack_12_another_users_orders_are_not_found(host):
+    as_user1 = bearer_header(host, 1)
+    assert send(host, "GET", "/api/users/1/orders", as_user=as_user1)[0] == 200
+    status, _, other = send(host, "GET", "/api/users/2/orders", as_user=as_user1)
+    assert status == 404, other
+    # The same answer as for a user that does not exist: nothing tells the two apart.
+    status, _, missing = send(host, "GET", "/api/users/999999/orders", as_user=as_user1)
+    assert status == 404, missing
+    assert json.loads(other).keys() == json.loads(missing).keys()
+    status, headers, _ = send(host, "GET", "/api/users/2/orders")
+    assert status == 401 and headers.get("www-authenticate", "").startswith("Bearer")
+
+
+def test_stack_13_an_order_naming_a_user_is_refused(host, scenario_host):
+    # The user comes from the token: a body that names one, even the caller, is refused.
+    as_user1 = bearer_header(host, 1)
+    before = orders_in_database(scenario_host)
+    for user in (2, 1):
+        body = f'{{"user_id": {user}, "items": [{{"product_id": 1, "quantity": 1}}]}}'
+        status, _, answer = send(host, "POST", "/api/orders", body, as_user=as_user1)
+        assert status == 422, answer
+    assert orders_in_database(scenario_host) == before
