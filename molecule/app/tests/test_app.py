@@ -267,6 +267,8 @@ def test_app_09_new_release_reloads_and_rollback_returns(host, changed_source):
         ("vault_db_app_password=short", "vault_db_app_password"),
         ("app_releases_keep=1", "app_releases_keep >= 2"),
         ("app_vcpus=many", "app_vcpus"),
+        ("vault_app_token_secret=short", "vault_app_token_secret"),
+        ("app_token_ttl_seconds=30", "between 60 and 86400"),
     ],
 )
 def test_app_10_bad_variables_fail_before_any_change(extra, message):

@@ -165,6 +165,7 @@ def test_prometheus_05_alert_rules_loaded_with_for_and_runbooks(host, hostvars):
         "RedisEvictingKeys",
         "DiskAlmostFull",
         "DiskFillingUp",
+        "ShopLoginFailureBurst",
     }
     for name, rule in rules.items():
         assert rule["health"] == "ok", (name, rule.get("lastError"))
