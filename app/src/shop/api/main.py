@@ -1,7 +1,48 @@
+from typing import Any
+
 from fastapi import APIRouter
 
+from shop import schemas
 from shop.api.routes import health, metrics, orders, products, users
 from shop.core.config import Settings
+
+Responses = dict[int | str, dict[str, Any]]
+
+RETRY_AFTER: dict[str, Any] = {
+    "Retry-After": {
+        "description": "Seconds to wait before a retry.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+
+# What any operation may answer besides its own statuses, declared for the whole app
+# (create_app): nginx limits every client's request rate on /api/ and /health/, and the
+# request deadline (core/deadline.py) applies to every route. A 503 means a dependency
+# (PostgreSQL, PgBouncer) is down or overloaded, never that the request was wrong.
+COMMON_RESPONSES: Responses = {
+    429: {
+        "model": schemas.Error,
+        "description": "Too many requests from this client (nginx's rate limit): retry later.",
+    },
+    503: {
+        "model": schemas.Error,
+        "description": "A dependency is down or overloaded, or the request missed its"
+        " deadline: retry after Retry-After seconds.",
+        "headers": RETRY_AFTER,
+    },
+}
+NOT_FOUND: Responses = {404: {"model": schemas.Error, "description": "Not found."}}
+CONFLICT: Responses = {
+    409: {"model": schemas.Error, "description": "Conflicts with existing data."}
+}
+
+
+def _declaring(router: APIRouter, responses: Responses) -> APIRouter:
+    """The router, with `responses` declared on each of its operations."""
+    outer = APIRouter(responses=responses)
+    outer.include_router(router)
+    return outer
 
 
 # Each router carries its full prefix (/api/users, ...) rather than being
@@ -9,9 +50,12 @@ from shop.core.config import Settings
 # then has the whole template, which the request metrics use as their label.
 def routers(settings: Settings) -> list[APIRouter]:
     return [
-        users.build_router(lean=settings.lean_models, blocking=settings.blocking_io),
+        _declaring(
+            users.build_router(lean=settings.lean_models, blocking=settings.blocking_io),
+            NOT_FOUND | CONFLICT,
+        ),
         products.router,
-        orders.build_router(lean=settings.lean_models),
+        _declaring(orders.build_router(lean=settings.lean_models), NOT_FOUND | CONFLICT),
         health.router,
         metrics.router,
     ]
