@@ -127,11 +127,13 @@ async def test_malformed_token_request_is_422(client: httpx.AsyncClient, data: d
     assert _failures() == before
 
 
-async def test_nul_in_email_is_just_a_failed_login(client: httpx.AsyncClient) -> None:
+async def test_nul_in_email_is_refused_before_any_work(client: httpx.AsyncClient) -> None:
+    before = _failures()
     response = await client.post(
         "/api/auth/token", data={"username": "a\x00@example.com", "password": PASSWORD}
     )
-    assert response.status_code == 401
+    assert response.status_code == 422
+    assert _failures() == before
 
 
 @pytest.mark.parametrize(

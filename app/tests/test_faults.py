@@ -300,23 +300,6 @@ async def test_the_deadline_cuts_a_statement_short_and_the_pool_stays_sound(
         assert [r.status_code for r in responses] == [200] * 11
 
 
-@pytest.mark.parametrize("field", ["name", "email"])
-async def test_a_value_postgresql_refuses_is_a_422_not_a_503(
-    client: httpx.AsyncClient, field: str
-) -> None:
-    """PostgreSQL refuses a NUL character in text (SQLSTATE 22021): the client's data is
-    wrong, the database is fine."""
-    body = {"name": "Ada", "email": "ada@example.com", "password": "correct horse"}
-    body[field] = body[field].replace("a", "a\x00", 1)
-    response = await client.post("/api/users", json=body)
-    assert response.status_code == 422, response.text
-    assert response.json() == {"detail": "the database refused a value of the request"}
-    assert "Retry-After" not in response.headers
-    # The database still serves the same request with clean data.
-    body[field] = body[field].replace("\x00", "")
-    assert (await client.post("/api/users", json=body)).status_code == 202
-
-
 @pytest.fixture
 def silent_redis() -> Iterator[str]:
     """A port that accepts connections and never answers: a Redis that hangs."""

@@ -8,12 +8,19 @@ in pydantic-core instead of going through jsonable_encoder.
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# PostgreSQL integer columns: a larger id is simply unknown, and checking it
-# here turns it into a 422 instead of a driver error.
-INT32_MAX = 2**31 - 1
-Id = Annotated[int, Field(ge=1, le=INT32_MAX)]
+# Every string and number a client sends is one of these types: a value PostgreSQL
+# would refuse (a NUL, a lone surrogate, an integer past its columns, a string longer
+# than its column) is a 422 before any query. A larger id is simply unknown.
+from shop.core.inputs import INT32_MAX as INT32_MAX
+from shop.core.inputs import Id, Text
+
+# The users table's columns: name varchar(100), email varchar(254).
+UserName = Text(max_length=100)
+Email = Text(max_length=254, lower=True, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Not stripped: spaces count. Bounded: hashing a huge password is a CPU sink.
+Password = Text(min_length=8, max_length=128, strip=False)
 
 
 class ORMModel(BaseModel):
@@ -28,17 +35,9 @@ class UserOut(ORMModel):
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-    email: Annotated[
-        str,
-        StringConstraints(
-            strip_whitespace=True,
-            to_lower=True,
-            max_length=254,
-            pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
-        ),
-    ]
-    password: Annotated[str, Field(min_length=8, max_length=128)]
+    name: UserName
+    email: Email
+    password: Password
 
 
 class ProductOut(ORMModel):

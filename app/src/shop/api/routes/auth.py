@@ -8,6 +8,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 from shop import crud, metrics, schemas
 from shop.api.deps import HashSlotsDep, SessionmakerDep, SettingsDep, TokenKeysDep
 from shop.core import auth
+from shop.core.inputs import Text
 from shop.core.security import HashSlotsFullError, verify_password
 
 # The statuses the routes that use these add to their OpenAPI document.
@@ -45,8 +46,10 @@ class PasswordForm(OAuth2PasswordRequestForm):
 
     def __init__(
         self,
-        username: Annotated[str, Form(max_length=254, description="The account's email.")],
-        password: Annotated[str, Form(max_length=128, json_schema_extra={"format": "password"})],
+        username: Annotated[Text(max_length=254), Form(description="The account's email.")],
+        password: Annotated[
+            Text(max_length=128, strip=False), Form(json_schema_extra={"format": "password"})
+        ],
         grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
     ) -> None:
         super().__init__(grant_type=grant_type, username=username, password=password)

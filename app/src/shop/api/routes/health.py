@@ -17,7 +17,7 @@ async def live(settings: SettingsDep) -> schemas.Health:
     return schemas.Health(status="ok", release=settings.release)
 
 
-@router.get("/ready", responses={503: {"model": schemas.Readiness}})
+@router.get("/ready", responses={503: {"model": schemas.Readiness | schemas.Detail}})
 async def ready(engine: EngineDep, cache: CacheDep, response: Response) -> schemas.Readiness:
     """Ready when the database answers. Redis is reported but not required:
     without it the app serves from the database."""
