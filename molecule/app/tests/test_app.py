@@ -328,14 +328,12 @@ def test_app_12_tokens_of_a_rotated_key_work_until_it_is_dropped(host, hostvars,
         after = bearer_header(host, 2, LOCAL)
         assert me(host, after) == 200
         assert me(host, before) == 200, "a token of the previous key was refused"
-
-        converged_with({"vault_app_token_secret": ROTATED_SECRET})
-        assert me(host, after) == 200
-        assert me(host, before) == 401, "a token of a dropped key was accepted"
     finally:
         workers_before = worker_pids(host)
         converged()
         wait_for(lambda: replaced(host, workers_before), 60)
-    # Back on the scenario's key: a token of the rotated one is refused, the first works.
-    assert me(host, after) == 401
+    # Back on the scenario's key with no previous one: a token of the rotated key, which is
+    # now listed nowhere, is refused (a dropped key), and the first works again. Two
+    # converges prove both halves of a rotation.
+    assert me(host, after) == 401, "a token of a dropped key was accepted"
     assert me(host, before) == 200
