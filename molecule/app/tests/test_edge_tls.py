@@ -5,6 +5,7 @@ loopback with openssl s_client or curl, the way a scanner would from outside.
 """
 
 import datetime
+import json
 import re
 
 import pytest
@@ -173,3 +174,131 @@ def test_edge_08_longer_lived_self_signed_certificate_is_replaced(host):
     not_before, not_after = served_dates(host)
     assert (not_after - not_before).days <= SELF_SIGNED_MAX_DAYS, (not_before, not_after)
     assert host.run("systemctl show -p MainPID --value nginx").stdout.strip() == pid
+
+
+# ACME HTTP-01 against a real ACME server: Debian's Pebble, run on the web host itself
+# (its validation fetches http://<web host>/.well-known/acme-challenge/... on port 80,
+# which is this host). Pebble validates for real (PEBBLE_VA_ALWAYS_VALID is not set);
+# PEBBLE_VA_NOSLEEP skips its random validation delays, PEBBLE_WFE_NONCEREJECT=0 its
+# random bad-nonce answers. Its certificates name an OCSP responder (ocspResponderURL),
+# so stapling must turn on. Not under /tmp: certbot.service has a private /tmp.
+PEBBLE_DIR = "/etc/pebble-test"
+PEBBLE_UNIT = "stack-pebble-test"
+PEBBLE_SETUP = f"""
+set -e
+timeout 300 apt-get install -y -q --no-install-recommends pebble >/dev/null
+mkdir -p {PEBBLE_DIR} && cd {PEBBLE_DIR}
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \\
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \\
+  -keyout key.pem -out cert.pem 2>/dev/null
+cat > pebble.json <<'JSON'
+{{"pebble": {{"listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
+  "certificate": "{PEBBLE_DIR}/cert.pem", "privateKey": "{PEBBLE_DIR}/key.pem",
+  "httpPort": 80, "tlsPort": 443, "ocspResponderURL": "http://127.0.0.1:4002",
+  "externalAccountBindingRequired": false}}}}
+JSON
+systemctl stop {PEBBLE_UNIT} 2>/dev/null || true
+systemctl reset-failed {PEBBLE_UNIT} 2>/dev/null || true
+systemd-run --unit {PEBBLE_UNIT} -E PEBBLE_VA_NOSLEEP=1 -E PEBBLE_WFE_NONCEREJECT=0 \\
+  /usr/bin/pebble -config {PEBBLE_DIR}/pebble.json
+for i in $(seq 60); do
+  curl -sf -m 5 --cacert cert.pem https://localhost:14000/dir >/dev/null && exit 0
+  sleep 1
+done
+echo "Pebble did not answer within 60 s" >&2
+exit 1
+"""
+ACME_ON = {
+    "nginx_tls_acme_enabled": True,
+    "nginx_tls_acme_directory": "https://localhost:14000/dir",
+    "nginx_tls_acme_ca_bundle": f"{PEBBLE_DIR}/cert.pem",
+    # Pebble's certificates live 5 years: every run of the timer renews them.
+    "nginx_tls_acme_renew_before_days": 3650,
+}
+
+
+def served_certificate(host, *fields: str) -> str:
+    out = host.run(
+        "timeout 20 openssl s_client -connect 127.0.0.1:443 -servername %s </dev/null "
+        f"2>/dev/null | openssl x509 -noout {' '.join(fields)}",
+        WEB,
+    )
+    assert out.rc == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def acme_on(host):
+    """Pebble up and the role converged with ACME on; the fixture is a function that turns
+    ACME off again. Whatever the tests do, the module ends with ACME off (self-signed, the
+    scenario's usual state, for idempotence and check mode) and Pebble stopped."""
+    state = {"on": True}
+
+    def off():
+        state["on"] = False
+        run = converge("--skip-tags", OTHER_ROLES)
+        assert run.returncode == 0, run.output[-6000:]
+        return run
+
+    try:
+        setup = host.run(PEBBLE_SETUP)
+        assert setup.rc == 0, setup.stdout[-2000:] + setup.stderr[-2000:]
+        run = converge("--skip-tags", OTHER_ROLES, "-e", json.dumps(ACME_ON))
+        assert run.returncode == 0, run.output[-6000:]
+        yield off
+    finally:
+        try:
+            if state["on"]:
+                off()
+        finally:
+            host.run("systemctl stop %s", PEBBLE_UNIT)
+
+
+@pytest.mark.journal("nginx", "certbot", PEBBLE_UNIT)
+def test_edge_10_acme_certificate_from_pebble(host, acme_on):
+    assert "Pebble Intermediate CA" in served_certificate(host, "-issuer")
+    # The chain verifies up to Pebble's root (its management API gives it).
+    root = host.run(
+        f"curl -sf -m 10 --cacert {PEBBLE_DIR}/cert.pem -o {PEBBLE_DIR}/root.pem "
+        "https://localhost:15000/roots/0"
+    )
+    assert root.rc == 0, root.stderr
+    out = s_client(host, f"-CAfile {PEBBLE_DIR}/root.pem", "-verify_return_error")
+    assert out.rc == 0 and "Verify return code: 0 (ok)" in out.stdout, out.stdout[-1500:]
+    # Pebble's certificates name an OCSP responder: stapling is on for this one.
+    assert served_certificate(host, "-ocsp_uri") == "http://127.0.0.1:4002"
+    config = host.check_output("nginx -T 2>/dev/null")
+    assert "ssl_stapling on;" in config and "ssl_stapling_verify on;" in config
+    # certbot.timer renews; the deploy hook tests the config before it reloads.
+    assert host.service("certbot.timer").is_enabled
+    assert host.service("certbot.timer").is_running
+    hook = host.file("/etc/letsencrypt/renewal-hooks/deploy/50-nginx-reload").content_string
+    assert "nginx -t -q\nsystemctl reload nginx" in hook
+
+
+@pytest.mark.journal("nginx", "certbot", PEBBLE_UNIT)
+def test_edge_11_timer_renews_and_reloads_nginx(host, acme_on):
+    serial = served_certificate(host, "-serial")
+    pid = host.run("systemctl show -p MainPID --value nginx").stdout.strip()
+    since = host.run("date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
+    # What certbot.timer starts, once: `certbot -q renew`, with the role's drop-in.
+    out = host.run("timeout 180 systemctl start certbot.service")
+    assert out.rc == 0, out.stderr
+    assert served_certificate(host, "-serial") != serial
+    assert "Pebble Intermediate CA" in served_certificate(host, "-issuer")
+    # Reloaded by the deploy hook, not restarted: the same master process.
+    assert host.run("systemctl show -p MainPID --value nginx").stdout.strip() == pid
+    journal = host.run("journalctl -u nginx --since %s --no-pager", since).stdout
+    assert "Reloaded" in journal, journal
+
+
+@pytest.mark.journal("nginx", "certbot")
+def test_edge_12_acme_off_serves_the_self_signed_certificate_again(host, acme_on):
+    acme_on()
+    subject, issuer = served_certificate(host, "-subject", "-issuer").splitlines()
+    assert subject.removeprefix("subject=") == issuer.removeprefix("issuer="), (subject, issuer)
+    assert not host.file(f"/etc/letsencrypt/renewal/{WEB}.conf").exists
+    assert "ssl_stapling" not in host.check_output("nginx -T 2>/dev/null")
+    # The self-signed certificate's own limit still holds.
+    not_before, not_after = served_dates(host)
+    assert (not_after - not_before).days <= SELF_SIGNED_MAX_DAYS
