@@ -13,8 +13,10 @@ Control IDs (secrets-NN) name each check.
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from stack_testinfra import hosts_in
+from stack_testinfra import assert_refused, hosts_in
 
 testinfra_hosts = hosts_in("app")
 
@@ -112,3 +114,36 @@ def test_secrets_04_owner_cannot_log_in_through_pgbouncer(host, passfile):
     assert "authentication failed" in owner.stderr, owner.stderr
     auth_file = host.file("/etc/pgbouncer/userlist.txt").content_string
     assert '"shop_owner"' not in auth_file
+
+
+# Not a vault value: a placeholder long enough for the password checks.
+PLACEHOLDER = "placeholder-password"
+OWNER_VIA_PGBOUNCER = {"pgbouncer_users": [{"name": "shop_owner", "password": PLACEHOLDER}]}
+OWNER_FROM_A_GROUP = {
+    "postgresql_hba_rules": [
+        {
+            "databases": ["shop"],
+            "users": ["shop_owner"],
+            "sources": ["app"],
+            "method": "scram-sha-256",
+        }
+    ]
+}
+
+
+# A migration host outside the inventory is refused by the postgresql role's checks first
+# (postgresql_migration_host follows it), one outside `app` by the app role's.
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            "app_migration_host=nowhere",
+            "migration_host (nowhere) must be",
+        ),
+        (json.dumps(OWNER_VIA_PGBOUNCER), "shop_owner, in pgbouncer_refused_users"),
+        (json.dumps(OWNER_FROM_A_GROUP), "admits a database owner (shop_owner) from app"),
+    ],
+    ids=["migration-host-outside-app", "owner-in-pgbouncer-users", "owner-hba-from-a-group"],
+)
+def test_secrets_05_owner_exposure_refused_before_any_change(extra, message):
+    assert_refused("-e", extra, message=message)
