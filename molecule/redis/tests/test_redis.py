@@ -6,9 +6,9 @@ way the app would; the monitoring host scrapes the exporter and is no Redis clie
 
 import json
 import re
-import shlex
 
 import pytest
+from redis_client import cli, login_file
 from stack_testinfra import assert_refused, converge, hosts_in
 
 testinfra_hosts = hosts_in("cache")
@@ -20,50 +20,39 @@ TCP_PROBE = "timeout 4 bash -c 'exec 3<>/dev/tcp/{}/{}'"
 REDIS_ONLY = ("--limit", CACHE, "-e", '{"scenario_roles": ["redis"]}')
 
 
-def cli(host, *args, user=None, password=None, target="127.0.0.1", stdin=None):
-    """redis-cli on `host` against `target`, logged in as `user` when given."""
-    env = f"REDISCLI_AUTH={shlex.quote(password)} " if password else ""
-    login = f"--user {shlex.quote(user)} " if user else ""
-    command = " ".join(shlex.quote(arg) for arg in args)
-    line = f"{env}redis-cli --no-auth-warning -h {target} -p 6379 {login}{command}"
-    if stdin is not None:
-        line = f"{stdin} | {line}"
-    return host.run(line)
-
-
 @pytest.fixture(scope="module")
 def cache_vars(hostvars):
     return hostvars(CACHE)
 
 
 @pytest.fixture(scope="module")
-def app_cli(scenario_host, cache_vars):
+def logins(cache_vars):
+    """Login files (REDISCLI_AUTH) on the hosts that use them, by name."""
+    app, admin = cache_vars["vault_redis_app_password"], cache_vars["vault_redis_admin_password"]
+    return {
+        "app": login_file(APP, "shop", app),
+        "wrong": login_file(APP, "shop-wrong", "not-" + app),
+        "app-on-cache": login_file(CACHE, "shop", app),
+        "admin": login_file(CACHE, "admin", admin),
+    }
+
+
+@pytest.fixture(scope="module")
+def app_cli(scenario_host, logins):
     """redis-cli on the app host as the app's user, over the network."""
 
-    def run(*args, password=None):
-        return cli(
-            scenario_host(APP),
-            *args,
-            user="shop",
-            password=password or cache_vars["vault_redis_app_password"],
-            target=CACHE,
-        )
+    def run(*args, login="app"):
+        return cli(scenario_host(APP), *args, login=("shop", logins[login]), target=CACHE)
 
     return run
 
 
 @pytest.fixture(scope="module")
-def admin_cli(scenario_host, cache_vars):
+def admin_cli(scenario_host, logins):
     """redis-cli on the cache host itself as the admin user."""
 
     def run(*args, stdin=None):
-        return cli(
-            scenario_host(CACHE),
-            *args,
-            user="admin",
-            password=cache_vars["vault_redis_admin_password"],
-            stdin=stdin,
-        )
+        return cli(scenario_host(CACHE), *args, login=("admin", logins["admin"]), stdin=stdin)
 
     return run
 
@@ -73,14 +62,13 @@ def info(admin_cli, section: str) -> dict[str, str]:
     return dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
 
 
-def test_redis_01_unauthenticated_and_wrong_password_refused(scenario_host, app_cli, cache_vars):
+def test_redis_01_unauthenticated_and_wrong_password_refused(scenario_host, app_cli):
     app = scenario_host(APP)
     assert cli(app, "PING", target=CACHE).stdout.startswith("NOAUTH"), "no login needed"
     assert cli(app, "GET", "anything", target=CACHE).stdout.startswith("NOAUTH")
     # The default user is off: not even an empty password logs in as it.
     assert "WRONGPASS" in cli(app, "AUTH", "default", "", target=CACHE).stdout
-    wrong = "not-" + cache_vars["vault_redis_app_password"]
-    out = app_cli("PING", password=wrong)
+    out = app_cli("PING", login="wrong")
     assert "WRONGPASS" in out.stderr, out.stderr
     assert out.stdout.startswith("NOAUTH"), "PING answered after a failed login"
 
@@ -128,9 +116,7 @@ def test_redis_04_maxmemory_from_ram_and_lru_policy_are_live(host, admin_cli, ca
     assert policy == ["maxmemory-policy", "allkeys-lru"]
 
 
-def test_redis_05_full_cache_evicts_instead_of_refusing_writes(
-    scenario_host, admin_cli, cache_vars
-):
+def test_redis_05_full_cache_evicts_instead_of_refusing_writes(scenario_host, admin_cli, logins):
     """Shrink the cap for a moment and overfill it as the app user: every write works."""
     before = admin_cli("CONFIG", "GET", "maxmemory").stdout.split()[1]
     evicted_before = int(info(admin_cli, "stats")["evicted_keys"])
@@ -138,11 +124,7 @@ def test_redis_05_full_cache_evicts_instead_of_refusing_writes(
     try:
         assert admin_cli("CONFIG", "SET", "maxmemory", "4mb").stdout.strip() == "OK"
         out = cli(
-            scenario_host(CACHE),
-            "--pipe",
-            user="shop",
-            password=cache_vars["vault_redis_app_password"],
-            stdin=writes,
+            scenario_host(CACHE), "--pipe", login=("shop", logins["app-on-cache"]), stdin=writes
         )
         assert "errors: 0, replies: 3000" in out.stdout, out.stdout + out.stderr
         assert int(info(admin_cli, "stats")["evicted_keys"]) > evicted_before

@@ -5,21 +5,12 @@ and sandboxes the exporter. Each unit's `systemd-analyze security` score stays u
 issue's ceiling, and Redis and the exporter still do their work inside their sandboxes.
 """
 
-import shlex
-
+from redis_client import cli, login_file
 from stack_testinfra import exposure, hosts_in, unit_status
 
 testinfra_hosts = hosts_in("cache")
 JOURNAL_UNITS = ["redis-server", "prometheus-redis-exporter"]
 APP = hosts_in("app")[0]
-
-
-def cli(host, user: str, password: str, *args: str, target: str = "127.0.0.1"):
-    command = " ".join(shlex.quote(arg) for arg in args)
-    return host.run(
-        f"REDISCLI_AUTH={shlex.quote(password)} redis-cli --no-auth-warning "
-        f"-h {target} -p 6379 --user {shlex.quote(user)} {command}"
-    )
 
 
 def test_sandbox_redis_exposure_at_most_3_5(host):
@@ -33,13 +24,8 @@ def test_sandbox_redis_exporter_exposure_at_most_2_0(host):
 
 def test_sandbox_redis_answers_its_users_over_the_network(host, scenario_host, hostvars):
     own = hostvars(host.backend.get_hostname())
-    out = cli(
-        scenario_host(APP),
-        "shop",
-        own["vault_redis_app_password"],
-        "PING",
-        target=host.backend.get_hostname(),
-    )
+    login = login_file(APP, "shop", own["vault_redis_app_password"])
+    out = cli(scenario_host(APP), "PING", login=("shop", login), target=host.backend.get_hostname())
     assert out.rc == 0 and out.stdout.strip() == "PONG", out.stdout + out.stderr
 
 
@@ -53,7 +39,8 @@ def test_sandbox_redis_writes_its_data_directory_only(host, hostvars):
     dump = "/var/lib/redis/dump.rdb"
     host.run("rm -f %s", dump)
     try:
-        out = cli(host, "admin", own["vault_redis_admin_password"], "SAVE")
+        login = login_file(host.backend.get_hostname(), "admin", own["vault_redis_admin_password"])
+        out = cli(host, "SAVE", login=("admin", login))
         assert out.stdout.strip() == "OK", out.stdout + out.stderr
         snapshot = host.file(dump)
         assert snapshot.exists and snapshot.user == "redis" and snapshot.mode == 0o600
