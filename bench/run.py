@@ -130,6 +130,8 @@ PLAYBOOK_OF_PREFIX = [
 ]
 PLAYBOOKS = {"db": "playbooks/db.yml", "app": "playbooks/app.yml", "web": "playbooks/web.yml"}
 
+# The stack CA's certificate on every host (roles/common, common_pki).
+REDIS_TLS_CA = "/etc/ssl/stack/ca.crt"
 REDIS_BENCH_USER = "bench-ceiling"
 REDIS_BENCH_KEY = "bench:ceiling"
 APP_SKIP_TAGS = "app_migrate,app_cleanup"
@@ -655,12 +657,20 @@ class Runner:
         out.append(self.redis_ceiling(d))
         return out
 
+    def redis_tls(self) -> list[str]:
+        """redis-cli's and redis-benchmark's TLS options: Redis serves only TLS when the
+        redis role's redis_tls_enabled is on (the default), verified by the stack CA."""
+        if not self.hostvar(self.cache_host, "redis_tls_enabled", True):
+            return []
+        return ["--tls", "--cacert", REDIS_TLS_CA]
+
     def redis_cli(self, *command: str) -> subprocess.CompletedProcess:
         """redis-cli as the admin user; it reads the password from REDISCLI_AUTH."""
         return self.docker(
             self.cache_host,
             "redis-cli",
             "--no-auth-warning",
+            *self.redis_tls(),
             "-h",
             "127.0.0.1",
             "--user",
@@ -695,6 +705,7 @@ class Runner:
                 "-c",
                 str(self.args.load_cpu),
                 "redis-benchmark",
+                *self.redis_tls(),
                 "-h",
                 "127.0.0.1",
                 "--user",

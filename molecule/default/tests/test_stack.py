@@ -130,10 +130,20 @@ def test_stack_02_reads_go_through_pgbouncer_then_redis(host, scenario_host, hos
     stats_password = hostvars("db1")["vault_pgbouncer_stats_password"]
     address = db.run("hostname -I").stdout.split()[0]
 
+    # The password reaches psql in a root-only PGPASSFILE written through standard input:
+    # never on a command line (ps, sudo's journal lines).
+    passfile = "/root/pgbouncer-stats.pgpass"
+    subprocess.run(
+        ["docker", "exec", "-i", "db1", "sh", "-c", f"umask 077 && cat > {passfile}"],
+        input=f"*:6432:pgbouncer:pgbouncer_stats:{stats_password}\n",
+        text=True,
+        check=True,
+    )
+
     def pgbouncer_transactions() -> int:
         out = db.run(
-            "PGPASSWORD=%s psql -h %s -p 6432 -U pgbouncer_stats -d pgbouncer -AF, -c 'SHOW STATS'",
-            stats_password,
+            "PGPASSFILE=%s psql -h %s -p 6432 -U pgbouncer_stats -d pgbouncer -AF, -c 'SHOW STATS'",
+            passfile,
             address,
         )
         assert out.rc == 0, out.stderr

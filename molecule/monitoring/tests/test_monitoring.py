@@ -14,6 +14,7 @@ from __future__ import annotations
 import configparser
 import json
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -312,9 +313,18 @@ def redis_key(host, scenario_host, hostvars):
     """A key in Redis, so that the keyspace panels have data (the roles store none)."""
     (cache,) = hosts_in("cache")
     # The redis role's admin user (redis_admin_user), the only one allowed to write here.
+    # Its password reaches redis-cli in REDISCLI_AUTH from a root-only file written through
+    # standard input, never on a command line; Redis serves only TLS (the stack CA).
+    password = hostvars(cache)["vault_redis_admin_password"]
+    subprocess.run(
+        ["docker", "exec", "-i", cache, "sh", "-c", "umask 077 && cat > /root/redis-admin.env"],
+        input=f"REDISCLI_AUTH={shlex.quote(password)}\n",
+        text=True,
+        check=True,
+    )
     out = scenario_host(cache).run(
-        "REDISCLI_AUTH=%s redis-cli --no-auth-warning --user admin -h 127.0.0.1 SET stack:probe 1",
-        hostvars(cache)["vault_redis_admin_password"],
+        "set -a && . /root/redis-admin.env && set +a && redis-cli --no-auth-warning "
+        "--tls --cacert /etc/ssl/stack/ca.crt --user admin -h 127.0.0.1 SET stack:probe 1"
     )
     assert out.stdout.strip() == "OK", out.stdout + out.stderr
     query = 'redis_db_keys{job="redis"} > 0'
