@@ -3,6 +3,7 @@ database (copied from a migrated template) and an empty Redis for each test."""
 
 import itertools
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import asyncpg
@@ -11,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 from pytest_redis import factories
 from redis import Redis
+from sqlalchemy import event
 
 from shop import migrations
 from shop.core.config import Settings
@@ -161,3 +163,19 @@ async def create_user(client: httpx.AsyncClient, email: str, name: str = "Ada") 
     me = await client.get("/api/users/me", headers=headers)
     assert me.status_code == 200, me.text
     return Account(me.json()["id"], email, headers)
+
+
+@contextmanager
+def recorded_statements(app: FastAPI) -> Iterator[list[str]]:
+    """The SQL statements the app's engine sends while the block runs."""
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:
+        statements.append(statement)
+
+    engine = app.state.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)

@@ -15,7 +15,6 @@ from argon2 import PasswordHasher
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
-from sqlalchemy import event
 
 from shop.core.auth import MissingTokenSecretError
 from shop.core.config import Settings
@@ -29,6 +28,7 @@ from tests.conftest import (
     create_user,
     log_in,
     make_settings,
+    recorded_statements,
     running_app,
 )
 
@@ -168,17 +168,8 @@ async def test_the_token_is_checked_without_a_database_query(
 ) -> None:
     """Another user's orders are refused from the token alone: no statement runs."""
     user = await create_user(client, "cheap@example.com")
-    statements: list[str] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany) -> None:
-        statements.append(statement)
-
-    engine = app.state.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with recorded_statements(app) as statements:
         response = await client.get(f"/api/users/{user.id + 1}/orders", headers=user.headers)
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
     assert response.status_code == 404
     assert statements == []

@@ -1,11 +1,17 @@
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy import event
 
 from shop.core.security import verify_password
 from shop.seed import asyncpg_dsn
-from tests.conftest import PASSWORD, Account, create_user, insert_products, log_in
+from tests.conftest import (
+    PASSWORD,
+    Account,
+    create_user,
+    insert_products,
+    log_in,
+    recorded_statements,
+)
 
 
 async def test_read_user_returns_only_id_and_name(client: httpx.AsyncClient) -> None:
@@ -164,17 +170,8 @@ async def test_only_the_owner_reads_their_orders(
 
 
 async def _statements_for_user_orders(client: httpx.AsyncClient, app, user: Account) -> int:
-    statements: list[str] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany) -> None:
-        statements.append(statement)
-
-    engine = app.state.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with recorded_statements(app) as statements:
         response = await client.get(f"/api/users/{user.id}/orders", headers=user.headers)
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
     assert response.status_code == 200
     return len(statements)
 
