@@ -197,6 +197,9 @@ def test_nginx_11_bad_value_fails_while_the_old_config_serves(host):
             "nginx_rate_limit_exempt must be a list of CIDRs like 172.30.57.1/32",
         ),
         ("nginx_static_via_app=true", "set app_serve_static: true for every app host"),
+        ("nginx_tls_self_signed_days=825", "between 1 and 365"),
+        (json.dumps({"nginx_server_names": ["*.example.com"]}), "must be a list of host"),
+        ("nginx_tls_acme_directory=http://acme.test/dir", "must be an https URL"),
     ],
 )
 def test_nginx_12_bad_variables_fail_before_any_change(extra, message):
