@@ -82,6 +82,9 @@ FULL = {
     "naive": ["popular", "user-orders"],
     "peer": ["mix", "user-orders@rate"],
     "static-app": ["static"],
+    # Internal TLS off (Redis, and PostgreSQL and PgBouncer where the roles offer it): what
+    # encrypting the hops behind nginx costs, on a cached read, a database read and the mix.
+    "plaintext": ["popular", "user-orders", "mix"],
     "tuned": [
         "popular",
         "live",
@@ -116,6 +119,10 @@ DB_CATEGORY_POINT = {"tuned", "noindex"}
 PEER = {"peer"}
 # Profiles whose app connects without PgBouncer: PostgreSQL needs _base.yml's headroom.
 DIRECT_DB = {"naive", "nopool", "nopgbouncer", "peer"}
+# Profiles that change the data tier's own settings (db.yml, cache.yml): with none of them
+# in the plan, the shipped settings stay and those playbooks are not applied.
+DB_CHANGED = DIRECT_DB | {"plaintext"}
+CACHE_CHANGED = {"plaintext"}
 # Profiles built to be slow: their requests take seconds, so they also get _slow.yml's
 # raised request bounds (the shipped ones would shed their requests with 503s).
 SLOW = {"nocache", "blocking", "noindex", "naive", "peer"}
@@ -124,11 +131,28 @@ SLOW = {"nocache", "blocking", "noindex", "naive", "peer"}
 PLAYBOOK_OF_PREFIX = [
     ("postgresql_", "db"),
     ("pgbouncer_", "db"),
+    ("redis_", "cache"),
     ("app_", "app"),
     ("app_request_timeout_seconds", "web"),
     ("nginx_", "web"),
 ]
-PLAYBOOKS = {"db": "playbooks/db.yml", "app": "playbooks/app.yml", "web": "playbooks/web.yml"}
+PLAYBOOKS = {
+    "db": "playbooks/db.yml",
+    "cache": "playbooks/cache.yml",
+    "app": "playbooks/app.yml",
+    "web": "playbooks/web.yml",
+}
+
+
+def split_by_playbook(vars_: dict) -> dict[str, dict]:
+    """A profile's variables, grouped by the playbooks that read them."""
+    wanted: dict[str, dict] = {pb: {} for pb in PLAYBOOKS}
+    for key, value in vars_.items():
+        for prefix, pb in PLAYBOOK_OF_PREFIX:
+            if key.startswith(prefix):
+                wanted[pb][key] = value
+    return wanted
+
 
 # The stack CA's certificate on every host (roles/common, common_pki).
 REDIS_TLS_CA = "/etc/ssl/stack/ca.crt"
@@ -162,6 +186,7 @@ class Runner:
         # What each playbook was last applied with (None: unknown, apply it).
         self.applied: dict[str, object] = {
             "db": None,
+            "cache": None,
             "app": None,
             "web": None,
             "indexes": None,
@@ -276,19 +301,16 @@ class Runner:
         vars_ = self.profile_vars(profile)
         files = [str(PROFILES_DIR / f"{name}.yml") for name in self.var_files(profile)]
         exempt = {"nginx_rate_limit_exempt": vars_["nginx_rate_limit_exempt"]}
-        wanted: dict[str, dict] = {pb: {} for pb in PLAYBOOKS}
-        for key, value in vars_.items():
-            for prefix, pb in PLAYBOOK_OF_PREFIX:
-                if key.startswith(prefix):
-                    wanted[pb][key] = value
+        wanted = split_by_playbook(vars_)
         indexes = "absent" if profile in INDEXES_DROPPED else "present"
         peer = profile in PEER
 
-        if self.applied["db"] is None and not (set(self.plan) & DIRECT_DB):
-            self.applied["db"] = wanted["db"]  # nothing here needs PostgreSQL changed
-        if self.applied["db"] != wanted["db"]:
-            self.playbook(PLAYBOOKS["db"], f"{profile} db.yml", files, exempt)
-            self.applied["db"] = wanted["db"]
+        for tier, changed_by in (("db", DB_CHANGED), ("cache", CACHE_CHANGED)):
+            if self.applied[tier] is None and not (set(self.plan) & changed_by):
+                self.applied[tier] = wanted[tier]  # no profile here changes this tier
+            if self.applied[tier] != wanted[tier]:
+                self.playbook(PLAYBOOKS[tier], f"{profile} {tier}.yml", files, exempt)
+                self.applied[tier] = wanted[tier]
         if self.applied.get("data") is None:
             data = {"bench_db": self.args.db_name, **(SMOKE_DATA if self.args.smoke else {})}
             self.playbook("bench/playbooks/data.yml", "data load", [], data)
@@ -659,8 +681,11 @@ class Runner:
 
     def redis_tls(self) -> list[str]:
         """redis-cli's and redis-benchmark's TLS options: Redis serves only TLS when the
-        redis role's redis_tls_enabled is on (the default), verified by the stack CA."""
-        if not self.hostvar(self.cache_host, "redis_tls_enabled", True):
+        redis role's redis_tls_enabled is on (the default), verified by the stack CA. A
+        profile that switched it (plaintext) wins over the inventory."""
+        applied = self.applied["cache"] if isinstance(self.applied["cache"], dict) else {}
+        default = self.hostvar(self.cache_host, "redis_tls_enabled", True)
+        if not applied.get("redis_tls_enabled", default):
             return []
         return ["--tls", "--cacert", REDIS_TLS_CA]
 

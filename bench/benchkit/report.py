@@ -123,6 +123,25 @@ TARGETS = [
         None,
         None,
     ),
+    # What encrypting the hops behind nginx costs (the stack CA's TLS): a ratio below 1
+    # is the share of throughput TLS takes.
+    (
+        "internal TLS on vs off, cached popular read",
+        ("tuned", "popular"),
+        ("plaintext", "popular"),
+        "rps",
+        None,
+        None,
+    ),
+    (
+        "internal TLS on vs off, user with orders",
+        ("tuned", "user-orders"),
+        ("plaintext", "user-orders"),
+        "rps",
+        None,
+        None,
+    ),
+    ("internal TLS on vs off, read mix", ("tuned", "mix"), ("plaintext", "mix"), "rps", None, None),
     (
         "access log off vs on, popular read",
         ("tuned", "popular"),

@@ -104,3 +104,24 @@ def test_the_peer_gets_the_same_users_and_no_login(runner, tmp_path):
     runner.prepare_tokens("tuned", writers=False, for_seconds=20)
     assert tokens.PLACEHOLDER not in (tmp_path / "mix.lua").read_text()
     assert isinstance(runner.script_data, wrk.Data)
+
+
+def test_plaintext_switches_redis_and_the_app_and_tuned_switches_them_back(runner):
+    """Each profile applies only the playbooks whose variables differ, data tier first."""
+    runner.plan = {"tuned": ["popular"], "plaintext": ["popular"]}
+    runner.gateway = "172.30.0.1"
+    runner.inventory, runner.cache_host = {"_meta": {"hostvars": {}}}, "cache1"
+    runner.applied = {k: None for k in ("db", "cache", "app", "web", "indexes", "peer")}
+    runner.applied.update(data=True, indexes="present", peer=False)
+    applied = []
+    runner.playbook = lambda path, label, files, extra, skip_tags="": applied.append(label)
+    runner.apply("tuned")  # state unknown: every playbook that a profile of the plan changes
+    assert applied == ["tuned db.yml", "tuned cache.yml", "tuned app.yml", "tuned web.yml"]
+    assert runner.redis_tls() == ["--tls", "--cacert", run.REDIS_TLS_CA]
+    applied.clear()
+    runner.apply("plaintext")
+    assert applied[:2] == ["plaintext cache.yml", "plaintext app.yml"]
+    assert runner.redis_tls() == []
+    applied.clear()
+    runner.apply("tuned")
+    assert applied[:2] == ["tuned cache.yml", "tuned app.yml"]
