@@ -367,3 +367,20 @@ def test_nginx_19_switched_off_again(host, bench_switches):
     assert wait_for_status(host, f"{HTTPS}/health/live", 200) == 200
     codes = burst(host, f"{HTTPS}/health/live")
     assert "200" in codes and "429" in codes, sorted(set(codes))
+
+
+def test_nginx_20_rate_limited_answer_is_json_with_retry_after(host):
+    """nginx's own 429 has the form the app's OpenAPI document declares: a JSON Detail."""
+    host.run("rm -rf /tmp/limited && mkdir /tmp/limited")
+    host.run(
+        "seq 60 | xargs -P 20 -I{} curl -sk -o /tmp/limited/{}.body -D /tmp/limited/{}.head "
+        f"{HTTPS}/health/live"
+    )
+    limited = host.run("grep -l '^HTTP/[0-9.]* 429' /tmp/limited/*.head").stdout.split()
+    assert limited, "no request of the burst was limited"
+    head = host.file(limited[0]).content_string.lower()
+    body = json.loads(host.file(limited[0].replace(".head", ".body")).content_string)
+    assert body == {"detail": "Too many requests: retry later"}
+    assert "content-type: application/json" in head
+    assert "retry-after: 1\r\n" in head
+    assert "strict-transport-security: max-age=" in head and "x-request-id: " in head
