@@ -46,6 +46,7 @@ def _current(_: argparse.Namespace) -> int:
 
 
 def _seed(args: argparse.Namespace) -> int:
+    from shop.core.db import tls_context
     from shop.seed import seed
 
     settings = _settings()
@@ -57,6 +58,7 @@ def _seed(args: argparse.Namespace) -> int:
             products=args.products,
             pgbouncer=settings.pgbouncer,
             random_seed=args.random_seed,
+            tls=tls_context(settings),
         )
     )
     if result.skipped:

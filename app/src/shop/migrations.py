@@ -6,6 +6,7 @@ from alembic import command
 from alembic.config import Config
 
 from shop.core.config import Settings
+from shop.core.db import tls_connect_args
 
 
 def alembic_config(settings: Settings, url: str | None = None) -> Config:
@@ -14,6 +15,8 @@ def alembic_config(settings: Settings, url: str | None = None) -> Config:
     config.set_main_option("script_location", str(files("shop") / "alembic"))
     config.attributes["url"] = url or settings.migration_url
     config.attributes["pgbouncer"] = settings.pgbouncer
+    # Migrations go straight to PostgreSQL: verify-full there too (db_tls_ca_file).
+    config.attributes["tls_connect_args"] = tls_connect_args(settings)
     return config
 
 

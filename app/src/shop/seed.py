@@ -5,6 +5,7 @@ tables already hold data, so running it twice (or on two hosts) is safe.
 """
 
 import random
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,14 +40,24 @@ def asyncpg_dsn(sqlalchemy_url: str) -> str:
 
 
 async def seed(
-    url: str, *, users: int, orders: int, products: int, pgbouncer: bool, random_seed: int = 1
+    url: str,
+    *,
+    users: int,
+    orders: int,
+    products: int,
+    pgbouncer: bool,
+    random_seed: int = 1,
+    tls: ssl.SSLContext | None = None,
 ) -> SeedResult:
     if orders and (not users or not products):
         raise ValueError("orders need at least one user and one product")
     started = time.perf_counter()
     rng = random.Random(random_seed)  # noqa: S311 - demo data, not secrets
     # Behind PgBouncer's transaction mode asyncpg must not cache statements.
-    conn = await asyncpg.connect(asyncpg_dsn(url), statement_cache_size=0 if pgbouncer else 100)
+    # tls: a verifying context (shop.core.db.tls_context); None keeps asyncpg's default.
+    conn = await asyncpg.connect(
+        asyncpg_dsn(url), statement_cache_size=0 if pgbouncer else 100, ssl=tls
+    )
     try:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _SEED_LOCK_ID)

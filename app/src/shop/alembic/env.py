@@ -34,7 +34,8 @@ async def _run_async() -> None:
     engine = create_async_engine(
         config.attributes["url"],
         poolclass=pool.NullPool,
-        connect_args=connect_args(config.attributes.get("pgbouncer", False)),
+        connect_args=connect_args(config.attributes.get("pgbouncer", False))
+        | config.attributes.get("tls_connect_args", {}),
     )
     try:
         async with engine.connect() as connection:

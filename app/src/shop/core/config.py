@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     # A database peer that vanished without a reset (host down, packets dropped) is
     # noticed after this long: TCP keepalive probes each second and TCP_USER_TIMEOUT.
     db_tcp_user_timeout_seconds: float = Field(default=2.0, ge=1)
+    # TLS to PgBouncer or PostgreSQL: the CA certificate that signed the server's. When
+    # set, every connection (the app's engine, migrations, seed, the blocking engine)
+    # requires TLS and verifies the server's certificate, its name included
+    # (verify-full). Unset: the drivers' default (asyncpg and libpq: "prefer", TLS when
+    # the server offers it, unverified).
+    db_tls_ca_file: Path | None = None
     # false: SQLAlchemy's NullPool, a new database connection (and login) per request.
     # Only for measuring what the pool saves; the pool sizes above are then unused.
     db_pool_enabled: bool = True
@@ -114,6 +120,13 @@ class Settings(BaseSettings):
     def _no_wildcard(cls, value: list[str]) -> list[str]:
         if "*" in value:
             raise ValueError("a wildcard CORS origin is not allowed; list the origins")
+        return value
+
+    @field_validator("db_tls_ca_file", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
         return value
 
     @field_validator("token_secret", "token_previous_secret", mode="before")

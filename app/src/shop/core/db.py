@@ -4,6 +4,7 @@ import asyncio
 import logging
 import math
 import socket
+import ssl
 from typing import Any
 from uuid import uuid4
 
@@ -44,6 +45,28 @@ def connect_args(pgbouncer: bool) -> dict[str, Any]:
     }
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of every database connection, or None without db_tls_ca_file.
+
+    verify-full: the server's certificate must chain to the CA in db_tls_ca_file and
+    name the host the URL dials (an IP address is matched against the certificate's IP
+    names). TLS 1.2 at least, as PgBouncer and PostgreSQL require.
+    """
+    if settings.db_tls_ca_file is None:
+        return None
+    context = ssl.create_default_context(cafile=str(settings.db_tls_ca_file))
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def tls_connect_args(settings: Settings) -> dict[str, Any]:
+    """asyncpg's `ssl` argument: a verifying context, or nothing (asyncpg's default)."""
+    context = tls_context(settings)
+    return {"ssl": context} if context is not None else {}
+
+
 def bounded_connect_args(settings: Settings) -> dict[str, Any]:
     """asyncpg arguments of the app's engine: connect_args() plus a bound on every call.
 
@@ -56,7 +79,7 @@ def bounded_connect_args(settings: Settings) -> dict[str, Any]:
     to PostgreSQL the server enforces the same bound itself (statement_timeout) as well,
     which also covers a client that died mid-statement.
     """
-    args = connect_args(settings.pgbouncer)
+    args = connect_args(settings.pgbouncer) | tls_connect_args(settings)
     args["timeout"] = settings.db_connect_timeout_seconds
     args["command_timeout"] = settings.db_statement_timeout_seconds
     if not settings.pgbouncer:
@@ -232,6 +255,9 @@ def create_blocking_engine(settings: Settings) -> Engine:
     if not settings.pgbouncer:
         timeout_ms = int(settings.db_statement_timeout_seconds * 1000)
         connect["options"] = f"-c statement_timeout={timeout_ms}"
+    if settings.db_tls_ca_file is not None:
+        # libpq's verify-full: the same checks as tls_context() for the async engine.
+        connect |= {"sslmode": "verify-full", "sslrootcert": str(settings.db_tls_ca_file)}
     engine = create_sync_engine(url, connect_args=connect, **pool_args(settings))
     if settings.db_pool_enabled:
         drop_closed_connections(engine.pool)
