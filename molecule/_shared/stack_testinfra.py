@@ -12,6 +12,8 @@
   `token_header(user)` is the path for curl's `-H @file`, `token_file(user)` the bare token.
   `bearer_header(host, user)` does it for a testinfra host; `Tokens` logs in again before
   the tokens would expire.
+- `write_root_file(name, path, content)` writes a root-only (0600) file in a scenario
+  container through standard input, never a command line: a libpq PGPASSFILE for psql.
 - A test marked `@pytest.mark.journal("unit", ...)` (or a module with `JOURNAL_UNITS`)
   prints the tail of those units' journals when it fails, on the host it ran against.
 """
@@ -187,6 +189,19 @@ class Tokens:
         if time.monotonic() + for_seconds + 60 >= self.expires_at:
             began = time.monotonic()
             self.expires_at = began + log_in(self.run, self.users)
+
+
+def write_root_file(name: str, path: str, content: str) -> str:
+    """Write `content` to `path` (umask 077: root's only) in the container of inventory host
+    `name`, through `docker exec -i`'s standard input: the content (a password) is on no
+    command line (ps, sudo's journal lines). Returns the path."""
+    subprocess.run(
+        ["docker", "exec", "-i", name, "sh", "-c", f"umask 077 && cat > {path}"],
+        input=content,
+        text=True,
+        check=True,
+    )
+    return path
 
 
 def run_playbook(playbook: str, *args: str) -> PlaybookRun:
