@@ -106,7 +106,7 @@ def test_the_peer_gets_the_same_users_and_no_login(runner, tmp_path):
     assert isinstance(runner.script_data, wrk.Data)
 
 
-def test_plaintext_switches_redis_and_the_app_and_tuned_switches_them_back(runner):
+def test_plaintext_switches_the_data_tier_and_the_app_and_tuned_switches_them_back(runner):
     """Each profile applies only the playbooks whose variables differ, data tier first."""
     runner.plan = {"tuned": ["popular"], "plaintext": ["popular"]}
     runner.gateway = "172.30.0.1"
@@ -120,8 +120,27 @@ def test_plaintext_switches_redis_and_the_app_and_tuned_switches_them_back(runne
     assert runner.redis_tls() == ["--tls", "--cacert", run.REDIS_TLS_CA]
     applied.clear()
     runner.apply("plaintext")
-    assert applied[:2] == ["plaintext cache.yml", "plaintext app.yml"]
+    # PostgreSQL and PgBouncer (db.yml), Redis (cache.yml), then the app that follows them.
+    assert applied[:3] == ["plaintext db.yml", "plaintext cache.yml", "plaintext app.yml"]
     assert runner.redis_tls() == []
     applied.clear()
     runner.apply("tuned")
-    assert applied[:2] == ["tuned cache.yml", "tuned app.yml"]
+    assert applied[:3] == ["tuned db.yml", "tuned cache.yml", "tuned app.yml"]
+
+
+def test_plaintext_profile_reaches_the_db_cache_and_app_playbooks():
+    """Every variable of the plaintext profile lands in the playbook of the role that reads it."""
+    profile = run.yaml.safe_load((run.PROFILES_DIR / "plaintext.yml").read_text())
+    wanted = run.split_by_playbook(profile)
+    assert wanted["db"] == {
+        "postgresql_tls_enabled": False,
+        "pgbouncer_tls_enabled": False,
+        "pgbouncer_server_tls_enabled": False,
+    }
+    assert wanted["cache"] == {"redis_tls_enabled": False}
+    assert wanted["app"] == {
+        "app_redis_tls_enabled": False,
+        "app_db_tls_enabled": False,
+        "app_db_migration_tls_enabled": False,
+    }
+    assert wanted["web"] == {}
