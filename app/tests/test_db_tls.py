@@ -5,8 +5,10 @@ with a certificate for 127.0.0.1 only, signed by a throwaway CA, as roles/pgboun
 configures it with the stack CA.
 """
 
+import asyncio
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from sqlalchemy import text
 from shop import migrations
 from shop.core.config import Settings
 from shop.core.db import (
+    _asyncpg_socket,
     bounded_connect_args,
     create_blocking_engine,
     create_engine,
@@ -126,9 +129,15 @@ def test_db_tls_context_verifies_certificate_and_name(tls_bouncer: TlsBouncer) -
     _assert_verify_full(migrations.alembic_config(settings).attributes["tls_connect_args"]["ssl"])
 
 
-def _tls_settings(tls_bouncer: TlsBouncer, database: str, ca: Path, host: str = "127.0.0.1"):
+def _tls_settings(
+    tls_bouncer: TlsBouncer, database: str, ca: Path, host: str = "127.0.0.1", **overrides: object
+) -> Settings:
     return make_settings(
-        tls_bouncer.url(database, host), "redis://127.0.0.1:1/0", pgbouncer=True, db_tls_ca_file=ca
+        tls_bouncer.url(database, host),
+        "redis://127.0.0.1:1/0",
+        pgbouncer=True,
+        db_tls_ca_file=ca,
+        **overrides,
     )
 
 
@@ -144,7 +153,45 @@ async def test_db_tls_app_engine_connects_with_verify_full(
             ssl_object = transport.get_extra_info("ssl_object")
             assert ssl_object is not None, "the connection is not encrypted"
             assert ssl_object.version() in ("TLSv1.2", "TLSv1.3")
+            # The socket under TLS still gets the keepalive and user timeout options.
+            sock = _asyncpg_socket(raw)
+            assert sock is not None
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
     finally:
+        await engine.dispose()
+
+
+async def test_db_tls_statement_bound_cancels_on_the_server_through_tls(
+    tls_bouncer: TlsBouncer, postgres: PostgresServer, database: str
+) -> None:
+    """asyncpg sends its cancel request over TLS too (PgBouncer would refuse a cleartext
+    one): a statement past its bound stops waiting on the server."""
+    settings = _tls_settings(
+        tls_bouncer, database, tls_bouncer.ca, db_statement_timeout_seconds=0.5
+    )
+    engine = create_engine(settings)
+    locker = await asyncpg.connect(
+        host="127.0.0.1", port=postgres.port, user=postgres.user, database=database
+    )
+    try:
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(Exception):  # noqa: B017, PT011 - TimeoutError, maybe wrapped
+                async with engine.connect() as conn:
+                    await conn.execute(text("SELECT count(*) FROM users"))
+            waiting = -1
+            for _ in range(40):
+                waiting = await locker.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = $1 AND wait_event_type = 'Lock'",
+                    database,
+                )
+                if waiting == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert waiting == 0, "the statement still waits on the server: its cancel was lost"
+    finally:
+        await locker.close()
         await engine.dispose()
 
 
