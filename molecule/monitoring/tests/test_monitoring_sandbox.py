@@ -24,10 +24,6 @@ def show(host, unit: str, *properties: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def listen_address(host) -> str:
-    return prometheus_url(host).removeprefix("https://")
-
-
 def query(host, expr: str) -> list:
     out = host.check_output(
         f"curl -sS -m 10 {prometheus_auth(host)} --data-urlencode query=%s %s/api/v1/query",
