@@ -14,6 +14,9 @@
   the tokens would expire.
 - `write_root_file(name, path, content)` writes a root-only (0600) file in a scenario
   container through standard input, never a command line: a libpq PGPASSFILE for psql.
+- `prometheus_auth(host)` gives the curl options that reach Prometheus from a monitoring
+  host: the stack CA and a root-only netrc built from the password file roles/prometheus
+  installs there (the password is on no command line); `prometheus_url(host)` its URL.
 - A test marked `@pytest.mark.journal("unit", ...)` (or a module with `JOURNAL_UNITS`)
   prints the tail of those units' journals when it fails, on the host it ran against.
 """
@@ -133,6 +136,37 @@ for user in users:
     result[str(user)] = entry
 print(json.dumps(result))
 """
+
+
+# Prometheus' TLS and basic auth (roles/prometheus, prometheus_web_*).
+STACK_CA = "/etc/ssl/stack/ca.crt"
+PROMETHEUS_USER = "prometheus"
+PROMETHEUS_PASSWORD_FILE = "/etc/prometheus/web.password"  # noqa: S105 (a path)
+PROMETHEUS_NETRC = "/root/prometheus.netrc"
+_prometheus_netrc_written: set[str] = set()
+
+
+def prometheus_url(host) -> str:
+    """https://<listen address> of the Prometheus on a monitoring host (it serves TLS only)."""
+    args = host.file("/etc/default/prometheus").content_string
+    return "https://" + re.search(r"--web\.listen-address=(\S+?)\"?(\s|$)", args)[1]
+
+
+def prometheus_auth(host) -> str:
+    """curl options for Prometheus from a monitoring host: the stack CA, and a root-only
+    netrc built from the password file the role installs (never on a command line),
+    written once per host and test session."""
+    name = host.backend.get_hostname()
+    if name not in _prometheus_netrc_written:
+        out = host.run(
+            "umask 077 && { printf 'default login %%s password ' %s && cat %s; } > %s",
+            PROMETHEUS_USER,
+            PROMETHEUS_PASSWORD_FILE,
+            PROMETHEUS_NETRC,
+        )
+        assert out.rc == 0, out.stderr
+        _prometheus_netrc_written.add(name)
+    return f"--cacert {STACK_CA} --netrc-file {PROMETHEUS_NETRC}"
 
 
 def token_file(user: int) -> str:

@@ -45,7 +45,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from stack_testinfra import LOGIN_DIR, Tokens, hosts_in
+from stack_testinfra import (
+    LOGIN_DIR,
+    PROMETHEUS_NETRC,
+    PROMETHEUS_PASSWORD_FILE,
+    PROMETHEUS_USER,
+    STACK_CA,
+    Tokens,
+    hosts_in,
+)
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parents[2]
@@ -215,11 +223,23 @@ class Stack:
         return self.addresses(host)[0]
 
     # --- Prometheus ---------------------------------------------------------------
+    @functools.cached_property
+    def prometheus_curl(self) -> str:
+        """curl for Prometheus on the monitoring host: https verified with the stack CA,
+        basic auth from a root-only netrc built from the role's password file there (the
+        password is on no command line)."""
+        self.sh(
+            self.mon,
+            f"umask 077 && {{ printf 'default login %s password ' {PROMETHEUS_USER}"
+            f" && cat {PROMETHEUS_PASSWORD_FILE}; }} > {PROMETHEUS_NETRC}",
+        )
+        return f"curl -sf --max-time 5 --cacert {STACK_CA} --netrc-file {PROMETHEUS_NETRC}"
+
     def prometheus(self, path: str, **params: str) -> dict:
         port = self.var(self.mon, "prometheus_port", 9090)
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        url = f"http://{self.address(self.mon)}:{port}{path}{query}"
-        return json.loads(self.sh(self.mon, f"curl -sf --max-time 5 '{url}'"))
+        url = f"https://{self.address(self.mon)}:{port}{path}{query}"
+        return json.loads(self.sh(self.mon, f"{self.prometheus_curl} '{url}'"))
 
     @functools.cached_property
     def alert_wait(self) -> float:

@@ -21,6 +21,7 @@ from stack_testinfra import (
     assert_refused,
     bearer_header,
     inventory_dir,
+    prometheus_auth,
     run_playbook,
     token_file,
 )
@@ -203,7 +204,9 @@ def test_stack_05_prometheus_sees_every_target_up(scenario_host):
     address = mon.run("hostname -I").stdout.split()[0]
     deadline = time.monotonic() + 180
     while True:
-        out = mon.run(f"curl -s --max-time 10 http://{address}:9090/api/v1/targets")
+        out = mon.run(
+            f"curl -s --max-time 10 {prometheus_auth(mon)} https://{address}:9090/api/v1/targets"
+        )
         assert out.rc == 0, out.stderr
         targets = json.loads(out.stdout)["data"]["activeTargets"]
         down = [

@@ -23,7 +23,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from stack_testinfra import assert_refused, converge, hosts_in
+from stack_testinfra import (
+    PROMETHEUS_PASSWORD_FILE,
+    PROMETHEUS_USER,
+    STACK_CA,
+    assert_refused,
+    converge,
+    hosts_in,
+    prometheus_auth,
+    prometheus_url,
+)
 
 MON = "monitoring-mon"
 testinfra_hosts = hosts_in("monitoring")
@@ -49,16 +58,17 @@ OTHER_ROLES = "common,postgresql,pgbouncer,redis"
 # Waiting for Prometheus to see a change is not a performance check: the deadline is
 # only there so a broken setup fails instead of hanging.
 PATIENCE = 300
-
-
-def prometheus_url(host) -> str:
-    args = host.file("/etc/default/prometheus").content_string
-    return "http://" + re.search(r"--web\.listen-address=(\S+)", args)[1]
+WEB_CONFIG_FLAG = "--web.config.file=/etc/prometheus/web.yml"
 
 
 def api(host, path: str, **params: str) -> dict:
-    """GET a Prometheus API path from the monitoring host; returns the decoded answer."""
-    cmd = "curl -sS -m 30 -G " + " ".join(["--data-urlencode %s"] * len(params)) + " %s"
+    """GET a Prometheus API path from the monitoring host, over https with the stack CA and
+    basic auth; returns the decoded answer."""
+    cmd = (
+        f"curl -sS -m 30 {prometheus_auth(host)} -G "
+        + " ".join(["--data-urlencode %s"] * len(params))
+        + " %s"
+    )
     args = [f"{key}={value}" for key, value in params.items()]
     out = host.run(cmd, *args, prometheus_url(host) + path)
     assert out.rc == 0, out.stderr
@@ -128,7 +138,7 @@ def test_prometheus_02_targets_carry_env_group_and_host(host):
 
 def test_prometheus_03_listens_on_the_private_address_with_retention(host):
     url = prometheus_url(host)
-    assert not url.startswith(("http://0.0.0.0", "http://127.")), url
+    assert not url.startswith(("https://0.0.0.0", "https://127.")), url
     assert host.run("curl -s -m 5 http://127.0.0.1:9090/-/ready").rc == 7  # refused
     flags = api(host, "/api/v1/status/flags")["data"]
     assert flags["storage.tsdb.retention.time"] == "2d"
@@ -225,6 +235,105 @@ def test_prometheus_07_pgbouncer_requests_come_from_the_renamed_stat(host):
     assert {s["metric"]["host"] for s in series} == set(hosts_in("db"))
 
 
+BUILDINFO = "/api/v1/status/buildinfo"
+
+
+def status_code(host, url: str, *options: str) -> str:
+    """The HTTP status curl got for url ('000' when there was no HTTP answer)."""
+    cmd = "curl -s -m 10 -o /dev/null -w '%%{http_code}' " + " ".join(options) + " %s"
+    return host.run(cmd, url).stdout.strip()
+
+
+def test_prometheus_tls_01_plain_http_gets_no_answer(host):
+    address = prometheus_url(host).removeprefix("https://")
+    # Go's TLS server answers a cleartext request with a 400 and nothing else.
+    code = status_code(host, f"http://{address}{BUILDINFO}")
+    assert code in {"400", "000"}, code
+    out = host.run("curl -s -m 10 %s", f"http://{address}{BUILDINFO}")
+    assert '"status"' not in out.stdout, out.stdout
+
+
+def test_prometheus_tls_02_no_or_wrong_credentials_get_401(host):
+    url = prometheus_url(host) + BUILDINFO
+    assert status_code(host, url, f"--cacert {STACK_CA}") == "401"
+    # A wrong password (not a secret: it is wrong) is refused the same way.
+    assert status_code(host, url, f"--cacert {STACK_CA}", "-u prometheus:not-the-password") == "401"
+    assert status_code(host, url, f"--cacert {STACK_CA}", "-u nobody:not-the-password") == "401"
+
+
+def test_prometheus_tls_03_credentials_and_the_ca_get_200(host):
+    url = prometheus_url(host) + BUILDINFO
+    assert status_code(host, url, prometheus_auth(host)) == "200"
+    answer = api(host, BUILDINFO)
+    assert answer["status"] == "success" and answer["data"]["version"].startswith("2."), answer
+    # The certificate is the stack CA's: without that CA curl does not trust it (60), and it
+    # names the address clients use (no -k anywhere above).
+    out = host.run("curl -sS -m 10 -o /dev/null %s", url)
+    assert out.rc == 60, (out.rc, out.stderr)
+
+
+@pytest.mark.parametrize(("version", "accepted"), [("-tls1_1", False), ("-tls1_2", True)])
+def test_prometheus_tls_04_tls_1_1_refused_1_2_accepted(host, version, accepted):
+    address = prometheus_url(host).removeprefix("https://")
+    # SECLEVEL=0 lets the client offer TLS 1.1, so a refusal is the server's.
+    out = host.run(
+        f"openssl s_client -connect {address} {version} -cipher 'DEFAULT:@SECLEVEL=0' "
+        f"-CAfile {STACK_CA} </dev/null 2>&1"
+    )
+    if accepted:
+        assert out.rc == 0, out.stdout[-1500:]
+        assert "New, TLSv1.2, Cipher is" in out.stdout, out.stdout[-1500:]
+        assert "Verify return code: 0 (ok)" in out.stdout, out.stdout[-1500:]
+    else:
+        assert out.rc != 0, out.stdout[-1500:]
+        assert "New, TLSv1.1" not in out.stdout, out.stdout[-1500:]
+
+
+def test_prometheus_tls_05_web_config_file(host):
+    web = host.file("/etc/prometheus/web.yml")
+    assert (web.user, web.group, web.mode) == ("root", "prometheus", 0o640)
+    assert host.run("runuser -u nobody -- cat /etc/prometheus/web.yml").rc != 0
+    assert host.run("promtool check web-config /etc/prometheus/web.yml").rc == 0
+    config = yaml.safe_load(web.content_string)
+    tls = config["tls_server_config"]
+    assert (tls["cert_file"], tls["key_file"], tls["min_version"]) == (
+        "/etc/ssl/stack/host.crt",
+        "/etc/ssl/stack/host.key",
+        "TLS12",
+    )
+    (user,) = config["basic_auth_users"]
+    assert user == PROMETHEUS_USER
+    # A bcrypt hash, never the password itself.
+    assert re.fullmatch(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}", config["basic_auth_users"][user])
+    assert host.file(PROMETHEUS_PASSWORD_FILE).content_string not in web.content_string
+    password = host.file(PROMETHEUS_PASSWORD_FILE)
+    assert (password.user, password.group, password.mode) == ("root", "prometheus", 0o640)
+    # Passed on the command line, and the prometheus user reads the host key.
+    assert WEB_CONFIG_FLAG in host.file("/etc/default/prometheus").content_string
+    assert "ssl-cert" in host.user("prometheus").groups
+    assert WEB_CONFIG_FLAG in host.run("ps -o args= -C prometheus").stdout
+
+
+def test_prometheus_tls_06_self_scrape_over_https_with_auth(host):
+    config = yaml.safe_load(host.file("/etc/prometheus/prometheus.yml").content_string)
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "prometheus"]
+    assert job["scheme"] == "https"
+    assert job["tls_config"]["ca_file"] == STACK_CA
+    auth = {"username": PROMETHEUS_USER, "password_file": PROMETHEUS_PASSWORD_FILE}
+    assert job["basic_auth"] == auth
+    # The exporters serve plain http: their jobs keep it.
+    others = [j for j in config["scrape_configs"] if j["job_name"] != "prometheus"]
+    assert others and all(j.get("scheme", "http") == "http" for j in others)
+
+    def target():
+        answer = api(host, "/api/v1/targets", state="active")
+        found = [t for t in answer["data"]["activeTargets"] if t["labels"]["job"] == "prometheus"]
+        return found if found and all(t["health"] == "up" for t in found) else None
+
+    (found,) = wait_for(target, "the prometheus self-scrape to be up")
+    assert found["scrapeUrl"].startswith("https://"), found["scrapeUrl"]
+
+
 def substitute(expr: str) -> str:
     """What Grafana sends for the dashboards' variables with "All" selected."""
     return (
@@ -263,6 +372,10 @@ def test_grafana_10_grafana_ini_from_variables(host, hostvars):
     assert config["server"]["root_url"] == mon["grafana_root_url"]
     assert config["server"]["serve_from_sub_path"] == "true"
     assert config["security"]["cookie_secure"] == "true"
+    assert config["security"]["cookie_samesite"] == "lax"
+    # Its own key from the vault, not Grafana's public built-in one.
+    assert config["security"]["secret_key"] == f'"""{mon["vault_grafana_secret_key"]}"""'
+    assert "SW2YcwTIb9zpOOhoPsMm" not in ini.content_string
     assert config["server"]["http_addr"] == prometheus_url(host).split("//")[1].split(":")[0]
 
 
@@ -276,7 +389,19 @@ def test_grafana_11_datasource_is_the_live_prometheus(host):
         "prometheus",
         True,
     )
-    out = host.run("curl -sS -m 10 %s/api/v1/query?query=up", source["url"])
+    # Over https, verified with the stack CA, with Prometheus' user and password.
+    assert source["url"] == prometheus_url(host), source["url"]
+    assert (source["basicAuth"], source["basicAuthUser"]) == (True, PROMETHEUS_USER)
+    assert source["jsonData"]["tlsAuthWithCACert"] is True
+    secure = source["secureJsonData"]
+    assert secure["basicAuthPassword"] == host.file(PROMETHEUS_PASSWORD_FILE).content_string
+    assert secure["tlsCACert"] == host.file(STACK_CA).content_string
+    # The file holds that password: closed to others.
+    assert host.file(path).mode == 0o640
+    assert host.run("runuser -u nobody -- cat %s", path).rc != 0
+    out = host.run(
+        f"curl -sS -m 10 {prometheus_auth(host)} %s/api/v1/query?query=up", source["url"]
+    )
     assert json.loads(out.stdout)["status"] == "success", out.stdout + out.stderr
 
 
@@ -416,6 +541,9 @@ def test_grafana_17_unreachable_package_source_fails_clearly():
             "an inventory group",
         ),
         ("vault_grafana_admin_password=short", "at least 12"),
+        ("vault_grafana_secret_key=short", "at least 32 characters"),
+        ("vault_prometheus_web_password=short", "12 to 72 characters"),
+        ("prometheus_web_user=a:b", "plain login name"),
     ],
 )
 def test_monitoring_18_bad_variables_fail_before_any_change(extra, message):
@@ -448,7 +576,7 @@ def test_monitoring_19_redis_exporter_port_moves_exporter_firewall_and_scrape_jo
     assert f"dport {default} " not in ruleset, ruleset
     # ... and to no one else: the control node is not in the monitoring group. It reaches
     # the scenario's network (Prometheus, open to operators, answers it), but not the port.
-    prometheus = prometheus_url(host).removeprefix("http://").rsplit(":", 1)
+    prometheus = prometheus_url(host).removeprefix("https://").rsplit(":", 1)
     socket.create_connection((prometheus[0], int(prometheus[1])), timeout=10).close()
     with pytest.raises(OSError):
         socket.create_connection((address, port), timeout=5).close()

@@ -10,7 +10,7 @@ drop-in and nothing else, and the test says so. Control IDs name the checks
 import json
 
 import pytest
-from stack_testinfra import exposure, hosts_in
+from stack_testinfra import exposure, hosts_in, prometheus_auth, prometheus_url
 
 testinfra_hosts = hosts_in("monitoring")
 
@@ -24,16 +24,11 @@ def show(host, unit: str, *properties: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def listen_address(host) -> str:
-    args = host.file("/etc/default/prometheus").content_string
-    return args.split("--web.listen-address=")[1].split()[0].strip('"')
-
-
 def query(host, expr: str) -> list:
     out = host.check_output(
-        "curl -sS -m 10 --data-urlencode query=%s http://%s/api/v1/query",
+        f"curl -sS -m 10 {prometheus_auth(host)} --data-urlencode query=%s %s/api/v1/query",
         expr,
-        listen_address(host),
+        prometheus_url(host),
     )
     return json.loads(out)["data"]["result"]
 
