@@ -351,6 +351,11 @@ def test_stack_06_rolling_deploy_drops_no_request(host, scenario_host, new_relea
     assert load["orders"] > 3, load
     # The load saw the switch happen: the old release answered, then the new one.
     assert load["releases"][0] == old["app1"] and load["releases"][-1] == new["app1"], load
+    # The deploy left `previous` at the release that served before it, for a rollback
+    # (test_secrets_stack deployed and redeployed an other release before this test).
+    for a in APP_HOSTS:
+        previous = scenario_host(a).run("readlink /opt/shop/previous").stdout.strip()
+        assert previous.rsplit("/", 1)[-1] == old[a], (a, previous)
 
     # The release's new stylesheet is cached for good; pages of the old release still
     # find theirs.
@@ -360,7 +365,8 @@ def test_stack_06_rolling_deploy_drops_no_request(host, scenario_host, new_relea
     assert headers["cache-control"] == "public, max-age=31536000, immutable"
     assert get(host, f"/static/{old_css}")[0] == 200
 
-    # Rollback is the documented way back, and it leaves the stack as converged.
+    # Rollback is the documented way back: to the release that served before the deploy,
+    # which leaves the stack as converged.
     back = run_playbook(str(PROJECT / "playbooks/deploy.yml"), "-e", "app_rollback=true")
     assert back.returncode == 0, back.output[-6000:]
     assert {a: release_of(scenario_host(a)) for a in APP_HOSTS} == old
