@@ -34,6 +34,59 @@ SITE = "https://127.0.0.1"
 CURL = "curl -sk --max-time 20"
 # Label values may hold braces themselves (route="/api/users/{user_id}").
 METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? ([-+0-9.eE]+|NaN|[+-]Inf)$")
+# The next release carries a no-op migration, so that its deploy runs `shop migrate`, and
+# a bounded recorder writes `ps -eo args` every 0.1 s (at most 6000 samples) on the app and
+# db hosts meanwhile: test_stack_secrets (secrets-stack-03) searches it for vault values.
+PS_LOG = "/root/secrets-ps.log"
+PS_UNIT = "secrets-ps-recorder"
+PS_HOSTS = [*APP_HOSTS, "db1"]
+PS_LOOP = (
+    f": > {PS_LOG}; i=0; while [ $i -lt 6000 ]; do i=$((i+1)); "
+    f"ps -eo args >> {PS_LOG}; sleep 0.1; done"
+)
+REVISION = re.compile(r'^revision(?:: str)? = "([^"]+)"', re.MULTILINE)
+DOWN_REVISION = re.compile(r'^down_revision(?:: [^=]+)? = "([^"]+)"', re.MULTILINE)
+NOOP_REVISION = "stack_next_noop"
+NOOP_MIGRATION = '''"""A no-op revision, so that the next release's deploy migrates (tests only).
+
+Revision ID: {revision}
+Revises: {down}
+"""
+
+from alembic import op
+
+revision: str = "{revision}"
+down_revision: str | None = "{down}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("SELECT 1")
+
+
+def downgrade() -> None:
+    pass
+'''
+
+
+def schema_head(versions: Path) -> str:
+    revisions, parents = set(), set()
+    for path in versions.glob("*.py"):
+        text = path.read_text()
+        revisions.update(REVISION.findall(text))
+        parents.update(DOWN_REVISION.findall(text))
+    heads = revisions - parents
+    assert len(heads) == 1, heads
+    return heads.pop()
+
+
+def schema_revision(db_host) -> str:
+    out = db_host.run(
+        "runuser -u postgres -- psql -d shop -Atc 'SELECT version_num FROM alembic_version'"
+    )
+    assert out.rc == 0, out.stderr
+    return out.stdout.strip()
 
 
 def curl(host, path: str, *options: str) -> tuple[int, dict[str, str], str]:
@@ -303,6 +356,12 @@ def new_release_source(tmp_path_factory):
     (src / ".venv").symlink_to(PROJECT / "app" / ".venv")
     init = src / "src" / "shop" / "__init__.py"
     init.write_text(init.read_text() + "\n# next release\n")
+    # and a (no-op) migration, so that the deploy migrates.
+    versions = src / "src" / "shop" / "alembic" / "versions"
+    head = schema_head(versions)
+    (versions / "9999_next_noop.py").write_text(
+        NOOP_MIGRATION.format(revision=NOOP_REVISION, down=head)
+    )
     # and a style change: a new fingerprinted stylesheet, as `make -C app fingerprint` makes.
     css = src / "assets" / "app.css"
     css.write_text(css.read_text() + "\n/* next release */\n")
@@ -328,6 +387,11 @@ def test_stack_06_rolling_deploy_drops_no_request(host, scenario_host, new_relea
         f"--property=RuntimeMaxSec=700 python3 load.py {token_file(LOAD_USER)} {LOAD_USER}"
     )
     assert started.rc == 0, started.stderr
+    for name in PS_HOSTS:
+        recorder = scenario_host(name).run(
+            f"systemd-run --unit {PS_UNIT} --collect --property=RuntimeMaxSec=900 sh -c '{PS_LOOP}'"
+        )
+        assert recorder.rc == 0, recorder.stderr
     try:
         time.sleep(5)
         deploy = run_playbook(
@@ -336,6 +400,8 @@ def test_stack_06_rolling_deploy_drops_no_request(host, scenario_host, new_relea
         time.sleep(5)
     finally:
         host.run(f"touch {LOAD_DIR}/stop")
+        for name in PS_HOSTS:
+            scenario_host(name).run(f"systemctl stop {PS_UNIT}")
     for _ in range(60):
         if host.file(f"{LOAD_DIR}/load.json").exists:
             break
@@ -346,13 +412,14 @@ def test_stack_06_rolling_deploy_drops_no_request(host, scenario_host, new_relea
 
     new = {a: release_of(scenario_host(a)) for a in APP_HOSTS}
     assert len(set(new.values())) == 1 and set(new.values()) != set(old.values()), (old, new)
+    # The deploy migrated (the release's no-op revision), from the first app host.
+    assert schema_revision(scenario_host("db1")) == NOOP_REVISION
     assert load["total"] > 50, load
     assert load["failed"] == 0, load
     assert load["orders"] > 3, load
     # The load saw the switch happen: the old release answered, then the new one.
     assert load["releases"][0] == old["app1"] and load["releases"][-1] == new["app1"], load
-    # The deploy left `previous` at the release that served before it, for a rollback
-    # (test_secrets_stack deployed and redeployed an other release before this test).
+    # The deploy left `previous` at the release that served before it: the rollback's target.
     for a in APP_HOSTS:
         previous = scenario_host(a).run("readlink /opt/shop/previous").stdout.strip()
         assert previous.rsplit("/", 1)[-1] == old[a], (a, previous)
@@ -367,9 +434,17 @@ def test_stack_06_rolling_deploy_drops_no_request(host, scenario_host, new_relea
 
     # Rollback is the documented way back: to the release that served before the deploy,
     # which leaves the stack as converged.
-    back = run_playbook(str(PROJECT / "playbooks/deploy.yml"), "-e", "app_rollback=true")
-    assert back.returncode == 0, back.output[-6000:]
-    assert {a: release_of(scenario_host(a)) for a in APP_HOSTS} == old
+    try:
+        back = run_playbook(str(PROJECT / "playbooks/deploy.yml"), "-e", "app_rollback=true")
+        assert back.returncode == 0, back.output[-6000:]
+        assert {a: release_of(scenario_host(a)) for a in APP_HOSTS} == old
+    finally:
+        # A rollback migrates nothing back: the no-op revision stays recorded, and the old
+        # release's next deploy would not know it. Back to the converge's revision.
+        head = schema_head(PROJECT / "app" / "src" / "shop" / "alembic" / "versions")
+        stamp = f"UPDATE alembic_version SET version_num = '{head}'"  # noqa: S608 - a revision id
+        scenario_host("db1").run(f'runuser -u postgres -- psql -d shop -c "{stamp}"')
+    assert schema_revision(scenario_host("db1")) == head
 
 
 def test_stack_07_backup_then_restore_brings_the_data_back(host, scenario_host):

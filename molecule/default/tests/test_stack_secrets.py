@@ -3,10 +3,12 @@
 - The database owner (shop_owner, DDL rights) gets past pg_hba from the migration host
   (the first app host) only: from the second app host PostgreSQL answers "no pg_hba.conf
   entry", while the runtime role (shop_app) still gets as far as its password check there.
-- No vault value reaches a process command line during a migration: a bounded loop
-  records `ps -eo args` every 0.1 s on the app and db hosts while a deploy migrates.
+- No vault value reaches a process command line during a migration: test_stack_06's
+  rolling deploy migrates (its release carries a no-op revision) while a bounded loop
+  records `ps -eo args` every 0.1 s on the app and db hosts; this module, collected after
+  test_stack.py, reads those recordings.
 - No vault value is in any host's journal (sudo's COMMAND lines included) after the
-  converge and that deploy.
+  converge, that deploy and its rollback, and the rest of the scenario's tests.
 
 The checks need no secret on the hosts: the pg_hba probes use a wrong password (pg_hba
 decides before any password is checked), and the recorded command lines and journals are
@@ -16,28 +18,15 @@ Control IDs (secrets-stack-NN) name each check.
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-from pathlib import Path
-
-import pytest
-from stack_testinfra import run_playbook
-
 testinfra_hosts = ["app1"]
 JOURNAL_UNITS = ["shop.service"]
-PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 APP_HOSTS = ["app1", "app2"]
 DB_HOST = "db1"
 ALL_HOSTS = ["web1", "app1", "app2", "db1", "cache1", "mon1"]
 MIGRATE_ENV = "/etc/shop/migrate.env"
-# The ps recorder: at most 6000 samples (10 minutes at 0.1 s), stopped by the test.
+# Written by test_stack_06 (test_stack.PS_LOG) on each of these hosts.
 PS_LOG = "/root/secrets-ps.log"
-PS_UNIT = "secrets-ps-recorder"
-PS_LOOP = (
-    f": > {PS_LOG}; i=0; while [ $i -lt 6000 ]; do i=$((i+1)); "
-    f"ps -eo args >> {PS_LOG}; sleep 0.1; done"
-)
+PS_HOSTS = [*APP_HOSTS, DB_HOST]
 # A login probe with the release's own driver; the password is deliberately wrong.
 PROBE = """
 import asyncio, sys
@@ -56,29 +45,6 @@ async def main(user):
 asyncio.run(main(sys.argv[1]))
 """
 PROBE_PATH = "/root/secrets-pg-probe.py"
-REVISION = re.compile(r'^revision(?:: str)? = "([^"]+)"', re.MULTILINE)
-DOWN_REVISION = re.compile(r'^down_revision(?:: [^=]+)? = "([^"]+)"', re.MULTILINE)
-NOOP_MIGRATION = '''"""A no-op revision, so that a deploy runs `shop migrate` (tests only).
-
-Revision ID: secrets_probe
-Revises: {down}
-"""
-
-from alembic import op
-
-revision: str = "secrets_probe"
-down_revision: str | None = "{down}"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.execute("SELECT 1")
-
-
-def downgrade() -> None:
-    pass
-'''
 
 
 def vault_values(hostvars) -> dict[str, str]:
@@ -95,17 +61,6 @@ def vault_values(hostvars) -> dict[str, str]:
 def leaked(text: str, secrets: dict[str, str]) -> list[str]:
     """Names (never values) of the secrets that appear in text."""
     return sorted(name for name, value in secrets.items() if value in text)
-
-
-def schema_head(versions: Path) -> str:
-    revisions, parents = set(), set()
-    for path in versions.glob("*.py"):
-        text = path.read_text()
-        revisions.update(REVISION.findall(text))
-        parents.update(DOWN_REVISION.findall(text))
-    heads = revisions - parents
-    assert len(heads) == 1, heads
-    return heads.pop()
 
 
 def probe(host, user: str, server: str = DB_HOST) -> str:
@@ -138,59 +93,17 @@ def test_secrets_stack_02_owner_credentials_only_on_the_migration_host(scenario_
         assert "shop_owner" not in shop_env, name
 
 
-@pytest.fixture(scope="module")
-def migrating_release_source(tmp_path_factory):
-    """A copy of app/ with one more (no-op) migration, so that its deploy migrates."""
-    src = tmp_path_factory.mktemp("migrating") / "app"
-    shutil.copytree(
-        PROJECT / "app",
-        src,
-        ignore=shutil.ignore_patterns(".venv", "dist", "__pycache__", ".*_cache"),
-    )
-    (src / ".venv").symlink_to(PROJECT / "app" / ".venv")
-    versions = src / "src" / "shop" / "alembic" / "versions"
-    head = schema_head(versions)
-    (versions / "9999_secrets_probe.py").write_text(NOOP_MIGRATION.format(down=head))
-    return src, head
-
-
-def test_secrets_stack_03_no_secret_in_ps_during_a_migration(
-    scenario_host, hostvars, migrating_release_source
-):
-    src, head = migrating_release_source
+def test_secrets_stack_03_no_secret_in_ps_during_a_migration(scenario_host, hostvars):
     secrets = vault_values(hostvars)
-    watched = [*APP_HOSTS, DB_HOST]
-    for name in watched:
-        started = scenario_host(name).run(
-            f"systemd-run --unit {PS_UNIT} --collect --property=RuntimeMaxSec=900 sh -c '{PS_LOOP}'"
-        )
-        assert started.rc == 0, started.stderr
-    try:
-        deploy = run_playbook(str(PROJECT / "playbooks/deploy.yml"), "-e", f"app_source_dir={src}")
-    finally:
-        for name in watched:
-            scenario_host(name).run(f"systemctl stop {PS_UNIT}")
-    try:
-        assert deploy.returncode == 0, deploy.output[-6000:]
-        seen = {
-            name: scenario_host(name).run(f"sort -u {PS_LOG}; rm -f {PS_LOG}").stdout
-            for name in watched
-        }
-        # The recorder saw the migration itself (on the first app host, the migration host).
-        assert "shop migrate" in seen[APP_HOSTS[0]], "the recorder missed the migration"
-        revision = scenario_host(DB_HOST).run(
-            "runuser -u postgres -- psql -d shop -Atc 'SELECT version_num FROM alembic_version'"
-        )
-        assert revision.stdout.strip() == "secrets_probe", revision.stdout + revision.stderr
-        found = {name: leaked(text, secrets) for name, text in seen.items()}
-        assert not any(found.values()), f"vault values on a command line: {found}"
-    finally:
-        # Back to the schema revision and release of the converge: the no-op revision
-        # changed nothing but alembic_version, and the original release is still installed.
-        stamp = f"UPDATE alembic_version SET version_num = '{head}'"  # noqa: S608 - a revision id
-        scenario_host(DB_HOST).run(f'runuser -u postgres -- psql -d shop -c "{stamp}"')
-        back = run_playbook(str(PROJECT / "playbooks/deploy.yml"))
-        assert back.returncode == 0, back.output[-6000:]
+    seen = {}
+    for name in PS_HOSTS:
+        out = scenario_host(name).run(f"sort -u {PS_LOG}")
+        assert out.rc == 0, f"{name}: no recording; test_stack_06's deploy makes it ({out.stderr})"
+        seen[name] = out.stdout
+    # The recorder saw the migration itself, on the first app host (the migration host).
+    assert "shop migrate" in seen[APP_HOSTS[0]], "the recorder missed the migration"
+    found = {name: leaked(text, secrets) for name, text in seen.items()}
+    assert not any(found.values()), f"vault values on a command line: {found}"
 
 
 def test_secrets_stack_04_no_vault_value_in_any_journal(scenario_host, hostvars):
