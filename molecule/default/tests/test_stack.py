@@ -502,7 +502,9 @@ def test_stack_10_bench_smoke_applies_profiles_loads_and_reports(scenario_host, 
         cwd=PROJECT,
         capture_output=True,
         text=True,
-        timeout=600,
+        # A bound so that it stops by itself, not a timing check: the smoke applies its
+        # playbooks seven times (a minute each on a loaded CI machine; 600 s was hit).
+        timeout=1200,
         check=False,
         # As the project's ansible.cfg does for make up: facts cached between the runner's
         # playbooks, so app.yml alone knows the db and cache hosts' addresses.
