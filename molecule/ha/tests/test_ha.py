@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from paced_load import (
@@ -29,10 +30,11 @@ from paced_load import (
     failure_kind,
     header,
 )
-from stack_testinfra import Tokens
+from stack_testinfra import Tokens, run_playbook
 
 testinfra_hosts = ["ha-db1"]
 
+PROJECT = Path(__file__).resolve().parents[3]
 DBS = ("ha-db1", "ha-db2", "ha-db3")
 WEB = "ha-web"
 PATRONI_CONFIG = "/etc/patroni/15-main.yml"
@@ -191,6 +193,33 @@ def test_ha_05_old_leader_rejoins_as_a_replica():
         pytest.fail(f"{stopped} did not rejoin within {REJOIN_WAIT:.0f} s: {state}")
     ROWS.append(f"rejoin {', '.join(stopped)}: streaming after {time.time() - began:.0f} s")
     print(f"\nrejoined after {time.time() - began:.0f} s: {state}")
+
+
+def test_ha_06_planned_switchover_fails_only_requests_in_flight(tokens):
+    """playbooks/switchover.yml under load: the leadership moves to a replica, and no
+    request fails but those in flight while it moved."""
+    old = leader()
+    assert old, members()
+    tokens.fresh(LOAD_MAX_SECONDS + REQUEST_TIMEOUT)
+    load = LoadRun(WEB, WEB)
+    try:
+        time.sleep(BASELINE)
+        started = time.time()
+        run = run_playbook(str(PROJECT / "playbooks/switchover.yml"))
+        ended = time.time()
+        new = leader()
+        load.wait_recovered(ended)
+    finally:
+        records = load.stop()
+    outcome = Outcome(f"switchover from {old}", records, started, ended, ended)
+    ROWS.append(outcome.row())
+    print(f"\n{header()}\n{outcome.row()}")
+    assert run.rc == 0, run.output[-3000:]
+    assert new and new != old, members()
+    assert not outcome.baseline_failures(), outcome.describe_failures()
+    in_flight = outcome.in_flight_between(started, ended)
+    assert len(outcome.failures()) <= in_flight, outcome.describe_failures()
+    assert outcome.recovered() is not None, outcome.row()
 
 
 def test_ha_99_timeline():
