@@ -19,11 +19,11 @@ help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  scenarios: $(SCENARIOS) (not in make test: $(SCENARIOS_NOT_IN_TEST))"
 
-up: packages setup ## Deploy the whole stack into local containers and print its URLs
-	.config/testbed/up
+up: packages setup ## Deploy the whole stack into local containers and print its URLs (ha=1: the HA layout)
+	.config/testbed/up $(if $(ha),inventories/local-ha/hosts.yml)
 
-down: setup ## Remove everything `make up` created
-	ansible-playbook playbooks/local_env.yml -e local_env_state=absent
+down: setup ## Remove everything `make up` (or `make up ha=1`) created
+	ansible-playbook -i inventories/local-ha/hosts.yml playbooks/local_env.yml -e local_env_state=absent
 
 packages: ## Install the Debian packages the control node needs (as root on Debian), or say which
 	.config/testbed/ensure-packages
