@@ -15,58 +15,21 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from ha_cluster import DBS, FOLLOWING, leader, members, psql
 from stack_testinfra import run_playbook
 
 testinfra_hosts = ["ha-app"]
 JOURNAL_UNITS = ["pgbackrest", "pgbackrest-backup@full", "pgbackrest-backup@incr"]
 
 PROJECT = Path(__file__).resolve().parents[3]
-DBS = ("ha-db1", "ha-db2", "ha-db3")
-# A replica that follows the leader: Patroni 3.0.2 (Debian 12) says running, later streaming.
-FOLLOWING = ("running", "streaming")
-PATRONI_CONFIG = "/etc/patroni/15-main.yml"
 PGBACKREST_CONFIG = "/etc/pgbackrest/pgbackrest.conf"
 METRICS_FILE = "/var/lib/prometheus/node-exporter/pgbackrest.prom"
 TABLE = "pitr_probe"
 SETTLE = 180.0  # seconds for the members to be listed as leader and two followers
-
-
-def sh(container: str, command: str, *, timeout: float = 60, check: bool = True) -> str:
-    proc = subprocess.run(
-        ["docker", "exec", container, "sh", "-c", command],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if check:
-        assert proc.returncode == 0, f"{container}: {command}: {proc.stdout}{proc.stderr}"
-    return proc.stdout
-
-
-def members() -> list[dict]:
-    """patronictl's view of the cluster, asked on the first member that answers."""
-    for db in DBS:
-        out = sh(db, f"patronictl -c {PATRONI_CONFIG} list -f json", timeout=20, check=False)
-        if out.strip().startswith("["):
-            return json.loads(out)
-    return []
-
-
-def leader() -> str | None:
-    found = [m["Member"] for m in members() if m["Role"] == "Leader" and m["State"] == "running"]
-    return found[0] if found else None
-
-
-def psql(db: str, sql: str) -> str:
-    """A query as postgres in the database postgres (no double quotes or $ in sql)."""
-    return sh(db, f'runuser -u postgres -- psql -X -d postgres -Atc "{sql}"').strip()
 
 
 def stanza(host) -> str:
@@ -126,21 +89,22 @@ def test_pitr_03_restore_to_a_point_in_time(host):
     cluster has a leader and two replicas that follow it; archiving goes on."""
     primary = leader()
     assert primary, members()
-    psql(primary, f"DROP TABLE IF EXISTS {TABLE}")
+    psql(primary, f"DROP TABLE IF EXISTS {TABLE}", "postgres")
     psql(
         primary,
         f"CREATE TABLE {TABLE} (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
     )
-    psql(primary, f"INSERT INTO {TABLE} (id) SELECT generate_series(1, 5)")
+    psql(primary, f"INSERT INTO {TABLE} (id) SELECT generate_series(1, 5)", "postgres")
     time.sleep(1.5)
     # The leader's clock, in UTC with microseconds: what recovery compares commits with.
     target = psql(
         primary,
         "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+        "postgres",
     )
     time.sleep(1.5)
-    psql(primary, f"INSERT INTO {TABLE} (id) SELECT generate_series(6, 10)")
-    assert psql(primary, f"SELECT count(*) FROM {TABLE}") == "10"  # noqa: S608
+    psql(primary, f"INSERT INTO {TABLE} (id) SELECT generate_series(6, 10)", "postgres")
+    assert psql(primary, f"SELECT count(*) FROM {TABLE}", "postgres") == "10"  # noqa: S608
 
     started = time.time()
     run = run_playbook(
@@ -166,13 +130,13 @@ def test_pitr_03_restore_to_a_point_in_time(host):
 
     restored = leader()
     assert restored, state
-    assert psql(restored, "SELECT pg_is_in_recovery()") == "f"
+    assert psql(restored, "SELECT pg_is_in_recovery()", "postgres") == "f"
     for db in DBS:
-        ids = psql(db, f"SELECT string_agg(id::text, ',' ORDER BY id) FROM {TABLE}")  # noqa: S608
+        ids = psql(db, f"SELECT string_agg(id::text, ',' ORDER BY id) FROM {TABLE}", "postgres")  # noqa: S608
         assert ids == "1,2,3,4,5", f"{db} after the restore to {target}: {ids}"
 
     # The restored cluster archives to the same stanza (its system identifier is
     # unchanged), on its new timeline.
     out = host.run("runuser -u postgres -- pgbackrest --stanza=%s check", stanza(host))
     assert out.rc == 0, out.stderr
-    psql(restored, f"DROP TABLE {TABLE}")
+    psql(restored, f"DROP TABLE {TABLE}", "postgres")
