@@ -93,6 +93,7 @@ def test_pitr_03_restore_to_a_point_in_time(host):
     psql(
         primary,
         f"CREATE TABLE {TABLE} (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
+        "postgres",
     )
     psql(primary, f"INSERT INTO {TABLE} (id) SELECT generate_series(1, 5)", "postgres")
     time.sleep(1.5)
