@@ -208,3 +208,47 @@ logfile = {base}/pgbouncer.log
         shutil.rmtree(base, ignore_errors=True)
 
     return port, stop
+
+
+@dataclass
+class RedisProcess:
+    """A redis-server (or a Sentinel: redis-server --sentinel) on loopback."""
+
+    port: int
+    process: subprocess.Popen
+
+    def kill(self) -> None:
+        """SIGKILL: the host dies, nothing is flushed or handed over."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def start_redis_process(
+    base: Path, name: str, config: str, *, sentinel: bool = False
+) -> RedisProcess:
+    """redis-server on base/name.conf: `config` plus the port, loopback, its directory and
+    log, and no persistence. With `sentinel`, a Sentinel (redis-server --sentinel), which
+    rewrites that file with its state."""
+    port = free_port()
+    path = base / f"{name}.conf"
+    common = f"port {port}\nbind 127.0.0.1\ndir {base}\nlogfile {base}/{name}.log\n"
+    storage = "" if sentinel else 'save ""\nappendonly no\n'
+    path.write_text(common + storage + config)
+    command = ["redis-server", str(path), *(["--sentinel"] if sentinel else [])]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, process)
+    except RuntimeError as exc:
+        process.kill()
+        log = base / f"{name}.log"
+        tail = log.read_text().splitlines()[-5:] if log.exists() else []
+        raise RuntimeError(f"{name}: {exc}; its log ends: {tail}") from exc
+    return RedisProcess(port, process)

@@ -1,6 +1,7 @@
 """Settings, read once from SHOP_* environment variables (and an optional .env file)."""
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +14,20 @@ from shop import __version__
 # app/static in a source checkout (src/shop/core/config.py -> app/static).
 _SOURCE_STATIC_DIR = Path(__file__).resolve().parents[3] / "static"
 _MIN_TOKEN_SECRET = 32
+# host:port of a Sentinel: a name or IPv4 address, or an IPv6 address in brackets.
+_SENTINEL_ADDRESS = re.compile(
+    r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})$"
+)
+
+
+def _split_list(value: object) -> object:
+    """A comma-separated string (or a JSON list) as a list of its non-empty items."""
+    if isinstance(value, str):
+        value = value.strip()
+        if value.startswith("["):
+            return json.loads(value)
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
 
 
 class Settings(BaseSettings):
@@ -23,6 +38,13 @@ class Settings(BaseSettings):
     # PostgreSQL while the workers go through PgBouncer.
     migration_database_url: PostgresDsn | None = None
     redis_url: RedisDsn = RedisDsn("redis://127.0.0.1:6379/0")
+    # Redis Sentinels (host:port, comma-separated): set, the app asks them for the
+    # current primary of redis_sentinel_service and follows a failover; redis_url then
+    # gives only the user, password, database and TLS settings (its host and port are
+    # not used). The app logs into the Sentinels with the same user, password and TLS.
+    # Empty: redis_url's host, as without Sentinel.
+    redis_sentinels: Annotated[list[str], NoDecode] = []
+    redis_sentinel_service: str = Field(default="cache", pattern=r"^[A-Za-z0-9_.-]+$")
 
     # PgBouncer in transaction mode (1.18 on Debian 12) cannot keep prepared
     # statements across transactions, so asyncpg's caches must be off behind it.
@@ -105,14 +127,23 @@ class Settings(BaseSettings):
 
     release: str = __version__
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "redis_sentinels", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = value.strip()
-            if value.startswith("["):
-                return json.loads(value)
-            return [origin.strip() for origin in value.split(",") if origin.strip()]
+    def _split(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            match = _SENTINEL_ADDRESS.match(address)
+            if match is None or not 1 <= int(match["port"]) <= 65535:
+                raise ValueError(
+                    f"{address!r} is not host:port (a name, an IPv4 address or an IPv6 "
+                    "address in brackets, and a port from 1 to 65535)"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError(f"a Sentinel is listed twice: {', '.join(value)}")
         return value
 
     @field_validator("cors_origins")
@@ -159,12 +190,27 @@ class Settings(BaseSettings):
             "redis_timeout_seconds": self.redis_timeout_seconds,
             "password_hash_wait_seconds": self.password_hash_wait_seconds,
         }
+        if self.redis_sentinels:
+            # Finding the primary asks the Sentinels one after another (each within
+            # redis_timeout_seconds) before the primary itself is dialled.
+            waits["redis_timeout_seconds x (1 + the number of redis_sentinels)"] = (
+                self.redis_timeout_seconds * (1 + len(self.redis_sentinels))
+            )
         for name, seconds in waits.items():
             if seconds >= deadline:
                 raise ValueError(
                     f"{name} ({seconds:g}) must be below request_timeout_seconds ({deadline:g})"
                 )
         return self
+
+    @property
+    def redis_sentinel_addresses(self) -> list[tuple[str, int]]:
+        """redis_sentinels as (host, port) pairs, an IPv6 address without its brackets."""
+        pairs = []
+        for address in self.redis_sentinels:
+            host, _, port = address.rpartition(":")
+            pairs.append((host.removeprefix("[").removesuffix("]"), int(port)))
+        return pairs
 
     @property
     def migration_url(self) -> str:
