@@ -1,4 +1,4 @@
-"""Address checks for the nginx role's preflight, with Python's own ipaddress module.
+"""Address helpers for the nginx role, with Python's own ipaddress module.
 
 ansible.utils' ipaddr filters would need that collection and netaddr on every control
 node; a CIDR check needs neither.
@@ -27,6 +27,23 @@ def nginx_invalid_cidrs(values: object) -> list[str]:
     return invalid
 
 
+def nginx_private_addresses(hosts: list) -> list[str]:
+    """Each host's private address (the hostvars of each): common_address when the
+    inventory sets it, else the address of its default route from facts; hosts whose
+    facts are not gathered are left out."""
+    found = []
+    for host in hosts:
+        address = host.get("common_address") or (
+            host.get("ansible_facts", {}).get("default_ipv4", {}).get("address")
+        )
+        if address:
+            found.append(str(address))
+    return found
+
+
 class FilterModule:
     def filters(self) -> dict:
-        return {"nginx_invalid_cidrs": nginx_invalid_cidrs}
+        return {
+            "nginx_invalid_cidrs": nginx_invalid_cidrs,
+            "nginx_private_addresses": nginx_private_addresses,
+        }
