@@ -70,7 +70,9 @@ class LoadRun:
     LOAD_MAX_SECONDS + REQUEST_TIMEOUT (stack_testinfra.Tokens.fresh).
     """
 
-    def __init__(self, container: str, server_name: str) -> None:
+    def __init__(self, container: str, server_name: str, address: str = "127.0.0.1") -> None:
+        """From `container` to nginx at `address` (its own loopback by default; the web
+        tier's floating address from another host in the ha scenario)."""
         # Closed in stop(), which every run reaches through its finally.
         self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -90,6 +92,8 @@ class LoadRun:
                 str(LOAD_MAX_SECONDS),
                 "--server-name",
                 server_name,
+                "--address",
+                address,
                 "--token-dir",
                 LOGIN_DIR,
                 "--writers",

@@ -214,15 +214,17 @@ class Tokens:
     """Demo users' tokens on one host (log_in), logged in again when they would expire
     before what they are needed for is over."""
 
-    def __init__(self, run: Callable[[str], str], users: list[int] | tuple[int, ...]) -> None:
-        self.run, self.users = run, list(users)
+    def __init__(
+        self, run: Callable[[str], str], users: list[int] | tuple[int, ...], site: str = SITE
+    ) -> None:
+        self.run, self.users, self.site = run, list(users), site
         self.expires_at = 0.0
 
     def fresh(self, for_seconds: float) -> None:
         """Valid for at least for_seconds more (and a minute of margin) when this returns."""
         if time.monotonic() + for_seconds + 60 >= self.expires_at:
             began = time.monotonic()
-            self.expires_at = began + log_in(self.run, self.users)
+            self.expires_at = began + log_in(self.run, self.users, self.site)
 
 
 def write_root_file(name: str, path: str, content: str) -> str:
