@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 RATE = 12.0  # requests per second, under nginx's per-client limit_req (20 r/s)
 # A client gives up after this long; a request still unanswered then hung.
 REQUEST_TIMEOUT = 10.0
+BASELINE = 3.0  # seconds of load before an event, which must all succeed
 RECOVERY_RUN = 2.0  # seconds of nothing but successes that count as recovered
 SETTLE_MAX = 20.0  # the load stops at the latest this long after the event ends
 LOAD_MAX_SECONDS = 240.0
@@ -252,3 +254,32 @@ def header() -> str:
     names = "| " + " | ".join(f"{n:<{w}}" for n, w in COLUMNS) + " |"
     rule = "|" + "|".join("-" * (w + 2) for _, w in COLUMNS) + "|"
     return f"{names}\n{rule}"
+
+
+def event_under_load(  # noqa: PLR0913 (keyword-only spans marks the planned kind)
+    load: LoadRun,
+    fault: str,
+    act: Callable[[], object],
+    wait_ready: Callable[[float], float | None],
+    rows: list[str],
+    *,
+    spans: bool = False,
+) -> Outcome:
+    """One event of a timeline: BASELINE seconds of `load`, then `act()` (kill a host, stop
+    a service; with `spans`, act is the whole event, such as a planned switchover, and the
+    event ends when it returns). `wait_ready(ended)` waits for the dependency and returns
+    when it answered again, or None. The load runs on until it recovered (or SETTLE_MAX)
+    and stops; the outcome's row goes into `rows` and the test output."""
+    try:
+        time.sleep(BASELINE)
+        started = time.time()
+        act()
+        ended = time.time() if spans else started
+        ready = wait_ready(ended)
+        load.wait_recovered(ready or time.time())
+    finally:
+        records = load.stop()
+    outcome = Outcome(fault, records, started, ended, ready)
+    rows.append(outcome.row())
+    print(f"\n{header()}\n{outcome.row()}")
+    return outcome

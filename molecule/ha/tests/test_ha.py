@@ -25,7 +25,7 @@ from paced_load import (
     REQUEST_TIMEOUT,
     WRITERS,
     LoadRun,
-    Outcome,
+    event_under_load,
     failure_kind,
     header,
 )
@@ -35,7 +35,6 @@ testinfra_hosts = ["ha-db1"]
 
 PROJECT = Path(__file__).resolve().parents[3]
 WEB = "ha-web1"  # the load runs on its loopback, not through the floating address
-BASELINE = 3.0  # seconds of load before the event, which must all succeed
 FAILOVER_BOUND = 30.0  # the bound for a new leader after the leader's host dies
 REJOIN_WAIT = 180.0  # a killed host boots, and its member rewinds and streams again
 ROWS: list[str] = []
@@ -92,23 +91,21 @@ def test_ha_04_killed_leader_is_replaced_and_no_acknowledged_order_is_lost(token
     assert old, members()
     others = tuple(db for db in DBS if db != old)
     tokens.fresh(LOAD_MAX_SECONDS + REQUEST_TIMEOUT)
-    load = LoadRun(WEB, WEB)
-    try:
-        time.sleep(BASELINE)
-        started = time.time()
-        docker("kill", old)
-        new = None
-        while time.time() < started + FAILOVER_BOUND + 30 and not new:
+    new = None
+
+    def new_leader(started: float) -> float | None:
+        nonlocal new
+        while time.time() < started + FAILOVER_BOUND + 30:
             new = leader(others)
-            if not new:
-                time.sleep(0.5)
-        ready = time.time() if new else None
-        load.wait_recovered(ready or time.time())
-    finally:
-        records = load.stop()
-    outcome = Outcome(f"kill leader {old}", records, started, started, ready)
-    ROWS.append(outcome.row())
-    print(f"\n{header()}\n{outcome.row()}")
+            if new:
+                return time.time()
+            time.sleep(0.5)
+        return None
+
+    outcome = event_under_load(
+        LoadRun(WEB, WEB), f"kill leader {old}", lambda: docker("kill", old), new_leader, ROWS
+    )
+    records, started, ready = outcome.records, outcome.started, outcome.ready
     assert new, f"no new leader within {FAILOVER_BOUND + 30:.0f} s: {members(others)}"
     assert ready - started <= FAILOVER_BOUND, f"new leader {new} after {ready - started:.1f} s"
     assert not outcome.baseline_failures(), outcome.describe_failures()
@@ -157,23 +154,20 @@ def test_ha_06_planned_switchover_fails_only_requests_in_flight(tokens):
     old = leader()
     assert old, members()
     tokens.fresh(LOAD_MAX_SECONDS + REQUEST_TIMEOUT)
-    load = LoadRun(WEB, WEB)
-    try:
-        time.sleep(BASELINE)
-        started = time.time()
-        run = run_playbook(str(PROJECT / "playbooks/switchover.yml"))
-        ended = time.time()
-        new = leader()
-        load.wait_recovered(ended)
-    finally:
-        records = load.stop()
-    outcome = Outcome(f"switchover from {old}", records, started, ended, ended)
-    ROWS.append(outcome.row())
-    print(f"\n{header()}\n{outcome.row()}")
-    assert run.returncode == 0, run.output[-3000:]
+    runs = []
+    outcome = event_under_load(
+        LoadRun(WEB, WEB),
+        f"switchover from {old}",
+        lambda: runs.append(run_playbook(str(PROJECT / "playbooks/switchover.yml"))),
+        lambda ended: ended,
+        ROWS,
+        spans=True,
+    )
+    new = leader()
+    assert runs[0].returncode == 0, runs[0].output[-3000:]
     assert new and new != old, members()
     assert not outcome.baseline_failures(), outcome.describe_failures()
-    in_flight = outcome.in_flight_between(started, ended)
+    in_flight = outcome.in_flight_between(outcome.started, outcome.ended)
     assert len(outcome.failures()) <= in_flight, outcome.describe_failures()
     assert outcome.recovered() is not None, outcome.row()
 

@@ -22,7 +22,15 @@ from pathlib import Path
 import pytest
 import yaml
 from ha_cluster import docker, running, sh
-from paced_load import LOAD_MAX_SECONDS, READERS, REQUEST_TIMEOUT, WRITERS, LoadRun, Outcome, header
+from paced_load import (
+    LOAD_MAX_SECONDS,
+    READERS,
+    REQUEST_TIMEOUT,
+    WRITERS,
+    LoadRun,
+    event_under_load,
+    header,
+)
 from stack_testinfra import Tokens
 
 testinfra_hosts = ["ha-app"]
@@ -30,7 +38,6 @@ testinfra_hosts = ["ha-app"]
 CLIENT = "ha-app"  # where the load runs: not a web host, so killing one spares the client
 WEBS = ("ha-web1", "ha-web2")
 CACHES = ("ha-cache1", "ha-cache2")
-BASELINE = 3.0  # seconds of load before each event, which must all succeed
 MOVE_BOUND = 3.0  # the issue's bound for the address to move to the other web host
 PROMOTE_BOUND = 30.0  # Sentinel's down-after plus a failover; generous on 2 shared cores
 HIT_BOUND = 30.0  # the issue's bound for cache hits on the new primary
@@ -120,28 +127,35 @@ def wait_web_ready(web: str) -> None:
     raise AssertionError(f"{web} did not serve again within {BOOT_WAIT:.0f} s: {out}")
 
 
-def web_event(tokens: Tokens, vip: str, label: str, act) -> tuple[Outcome, str, str | None, float]:
-    """Load through the address; `act(holder)` breaks the holder. Returns the outcome, the
-    old holder, the new one and the seconds the address took to move."""
+def web_event(tokens: Tokens, vip: str, label: str, act, restore) -> str | None:
+    """Load through the address; `act(holder)` breaks the holder and `restore(holder)` mends
+    it afterwards, whatever happened. Asserts the address moved within MOVE_BOUND and that
+    no request failed but those in flight until it moved; returns the new holder."""
     before = holders(vip)
     assert len(before) == 1, f"the address {vip} is held by {before}"
     old = before[0]
     tokens.fresh(LOAD_MAX_SECONDS + REQUEST_TIMEOUT)
-    load = LoadRun(CLIENT, "localhost", vip)
+    new = None
+
+    def moved(_ended: float) -> float | None:
+        nonlocal new
+        when, new = wait_for_move(vip, old, MOVE_BOUND)
+        return when
+
     try:
-        time.sleep(BASELINE)
-        started = time.time()
-        act(old)
-        moved, new = wait_for_move(vip, old, MOVE_BOUND)
-        load.wait_recovered(moved or time.time())
+        outcome = event_under_load(
+            LoadRun(CLIENT, "localhost", vip), f"{label} {old}", lambda: act(old), moved, ROWS
+        )
+        assert not outcome.baseline_failures(), outcome.describe_failures()
+        assert outcome.ready, f"the address stayed on {old} or went nowhere: {holders(vip)}"
+        took = outcome.ready - outcome.started
+        assert took <= MOVE_BOUND, f"the address moved from {old} to {new} after {took:.2f} s"
+        in_flight = outcome.in_flight_between(outcome.started, outcome.ready)
+        assert len(outcome.failures()) <= in_flight, outcome.describe_failures()
+        assert outcome.recovered() is not None, outcome.row()
     finally:
-        records = load.stop()
-    outcome = Outcome(f"{label} {old}", records, started, started, moved)
-    ROWS.append(outcome.row())
-    print(f"\n{header()}\n{outcome.row()}")
-    assert not outcome.baseline_failures(), outcome.describe_failures()
-    assert moved, f"the address stayed on {old} or went nowhere: {holders(vip)}"
-    return outcome, old, new, moved - started
+        restore(old)
+    return new
 
 
 def test_edge_00_web_hosts_serve_the_same_files_headers_and_certificate():
@@ -184,33 +198,24 @@ def test_edge_01_one_web_host_holds_the_address_and_says_so(vip):
 
 
 def test_edge_02_stopping_nginx_moves_the_address(tokens, vip):
-    outcome, old, new, took = web_event(
-        tokens, vip, "stop nginx on", lambda web: sh(web, "systemctl stop nginx")
+    new = web_event(
+        tokens,
+        vip,
+        "stop nginx on",
+        lambda web: sh(web, "systemctl stop nginx"),
+        lambda web: sh(web, "systemctl start nginx"),
     )
-    try:
-        assert took <= MOVE_BOUND, f"the address moved from {old} to {new} after {took:.2f} s"
-        in_flight = outcome.in_flight_between(outcome.started, outcome.ready)
-        assert len(outcome.failures()) <= in_flight, outcome.describe_failures()
-        assert outcome.recovered() is not None, outcome.row()
-    finally:
-        sh(old, "systemctl start nginx")
     # nopreempt: the old holder's return does not take the address back.
     time.sleep(3)
     assert holders(vip) == [new], holders(vip)
 
 
 def test_edge_03_killing_the_holder_moves_the_address(tokens, vip):
-    outcome, old, new, took = web_event(
-        tokens, vip, "kill web host", lambda web: docker("kill", web)
-    )
-    try:
-        assert took <= MOVE_BOUND, f"the address moved from {old} to {new} after {took:.2f} s"
-        in_flight = outcome.in_flight_between(outcome.started, outcome.ready)
-        assert len(outcome.failures()) <= in_flight, outcome.describe_failures()
-        assert outcome.recovered() is not None, outcome.row()
-    finally:
-        docker("start", old)
-        wait_web_ready(old)
+    def restart(web: str) -> None:
+        docker("start", web)
+        wait_web_ready(web)
+
+    new = web_event(tokens, vip, "kill web host", lambda web: docker("kill", web), restart)
     assert holders(vip) == [new], holders(vip)
 
 
@@ -222,12 +227,12 @@ def test_edge_04_killing_the_redis_primary_fails_no_read(tokens, vip):
     old = primaries[0]
     (other,) = (c for c in CACHES if c != old)
     tokens.fresh(LOAD_MAX_SECONDS + REQUEST_TIMEOUT)
-    load = LoadRun(CLIENT, "localhost", vip)
-    promoted = hit = None
-    try:
-        time.sleep(BASELINE)
-        started = time.time()
-        docker("kill", old)
+    hit = None
+
+    def promoted_and_hit(started: float) -> float | None:
+        """When `other` became the primary; then waits for a cache hit on it (`hit`)."""
+        nonlocal hit
+        promoted = None
         while time.time() < started + PROMOTE_BOUND and not promoted:
             if redis_role(other) == "master":
                 promoted = time.time()
@@ -240,12 +245,16 @@ def test_edge_04_killing_the_redis_primary_fails_no_read(tokens, vip):
                     hit = time.time()
                 else:
                     time.sleep(0.5)
-        load.wait_recovered(promoted or time.time())
-    finally:
-        records = load.stop()
-    outcome = Outcome(f"kill redis primary {old}", records, started, started, promoted)
-    ROWS.append(outcome.row())
-    print(f"\n{header()}\n{outcome.row()}")
+        return promoted
+
+    outcome = event_under_load(
+        LoadRun(CLIENT, "localhost", vip),
+        f"kill redis primary {old}",
+        lambda: docker("kill", old),
+        promoted_and_hit,
+        ROWS,
+    )
+    promoted = outcome.ready
     if hit:
         ROWS.append(f"cache hits on {other}: {hit - promoted:.1f} s after the promotion")
     assert promoted, f"{other} was not promoted within {PROMOTE_BOUND:.0f} s"
