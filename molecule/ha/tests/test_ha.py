@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ha_cluster import DBS, FOLLOWING, docker, leader, members, psql, running
+from ha_cluster import DBS, FOLLOWING, docker, leader, members, psql, running, sh
 from paced_load import (
     LOAD_MAX_SECONDS,
     READERS,
@@ -82,6 +82,28 @@ def test_ha_03_leader_settings_come_from_the_role():
         assert psql(db, "SHOW ssl").strip() == "on", db
     settings = {db: psql(db, "SHOW max_connections").strip() for db in DBS}
     assert len(set(settings.values())) == 1, settings
+
+
+def test_ha_03b_every_members_patroni_metrics_scrape_as_numbers():
+    """Prometheus scrapes each member's /metrics and refuses the whole page at one value
+    that is not a number: a replica that cannot ask its own server for the timeline (a
+    local replication connection pg_hba refused) says `None` there."""
+    timelines = {}
+    for db in DBS:
+        page = sh(db, "curl -fsSk --max-time 5 https://$(hostname -i | cut -d' ' -f1):8008/metrics")
+        samples = [line for line in page.splitlines() if line and not line.startswith("#")]
+        assert samples, f"{db}: no samples"
+        bad = []
+        for line in samples:
+            try:
+                float(line.rsplit(" ", 1)[1])
+            except ValueError:
+                bad.append(line)
+        assert not bad, f"{db}: {bad}"
+        timelines[db] = [line for line in samples if line.startswith("patroni_postgres_timeline")]
+    values = {db: found[0].rsplit(" ", 1)[1] for db, found in timelines.items() if found}
+    assert len(values) == len(DBS) and len(set(values.values())) == 1, timelines
+    assert float(next(iter(values.values()))) >= 1, values
 
 
 def test_ha_04_killed_leader_is_replaced_and_no_acknowledged_order_is_lost(tokens):
