@@ -161,6 +161,38 @@ async def test_postgresql_stopped_fast_503_then_back_without_restart(
         assert REGISTRY.get_sample_value("shop_db_pool_checked_out") == checked_out
 
 
+async def test_popular_list_answers_the_last_copy_while_the_database_is_down(
+    running_postgres: PostgresServer, redis_url: str
+) -> None:
+    """An order deletes the popular entry in Redis; a read right after it, while the
+    database is away (a failover), answers the process's last copy instead of a 503."""
+    postgres = running_postgres
+    url = postgres.url("shop")
+    (product,) = await insert_products(url, [("Stale if error", "faults", 100)])
+    async for client in _client(make_settings(url, redis_url, pgbouncer=False)):
+        user = await create_user(client, "stale-if-error@example.com")
+        order = {"items": [{"product_id": product, "quantity": 1}]}
+        assert (
+            await client.post("/api/orders", json=order, headers=user.headers)
+        ).status_code == 201
+        before = await client.get("/api/products/popular")
+        assert before.status_code == 200, before.text
+        assert before.json()
+        assert (
+            await client.post("/api/orders", json=order, headers=user.headers)
+        ).status_code == 201
+        postgres.stop_server()
+        try:
+            during, seconds = await _timed(client.get("/api/products/popular"))
+            assert during.status_code == 200, during.text
+            assert during.json() == before.json()
+            assert seconds < DEADLINE_SECONDS
+            # What has no copy still answers 503.
+            _assert_unavailable(*await _timed(client.get(f"/api/users/{user.id}")))
+        finally:
+            await asyncio.to_thread(postgres.start_server)
+
+
 async def _lock_waiters_gone(conn: asyncpg.Connection) -> bool:
     for _ in range(40):
         waiting = await conn.fetchval(

@@ -1,9 +1,12 @@
 import asyncio
+import logging
 import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from pydantic import TypeAdapter
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shop import crud, schemas
@@ -27,6 +30,7 @@ POPULAR_LOCK_MS = 30_000
 _POLL_SECONDS = 0.05
 
 _POPULAR_ITEM = TypeAdapter(schemas.PopularProduct)
+log = logging.getLogger(__name__)
 
 # products.category is varchar(50); matched exactly, so not stripped.
 Category = Text(max_length=50, strip=False)
@@ -85,6 +89,25 @@ async def _without_redis(sessions: async_sessionmaker[AsyncSession], cache: Cach
     return await _compute_once(sessions, cache)
 
 
+async def _compute_or_last_copy(sessions: async_sessionmaker[AsyncSession], cache: Cache) -> bytes:
+    """_compute_once; when the database does not answer (the errors the app answers 503
+    for), this process's last copy of the entry instead, if it has one (stale-if-error).
+
+    An order deletes the entry in Redis, so without this a read right after an order
+    fails for as long as the database is away (a failover, a restart), although every
+    process holds a copy no older than a stale entry may be."""
+    try:
+        return await _compute_once(sessions, cache)
+    except (DBAPIError, PoolTimeoutError, OSError) as exc:
+        from shop.main import is_transient  # here: shop.main imports the routers
+
+        local = cache.local(POPULAR_CACHE_KEY)
+        if local is None or (isinstance(exc, DBAPIError) and not is_transient(exc)):
+            raise
+        log.warning("popular list from this process's copy, the database failed: %s", exc)
+        return unpack(local)[1]
+
+
 def _answer(body: bytes, limit: int) -> Response:
     return Response(_json_list(body, limit), media_type="application/json")
 
@@ -102,7 +125,8 @@ async def popular_products(
     answers the stale bytes meanwhile. No entry: the lock holder computes it, the
     others wait up to cache_lock_wait_seconds for it, then compute it themselves.
     Redis down: each process answers its own copy of the entry it last read, or
-    computes it once for all its requests. A database session is opened only to
+    computes it once for all its requests. Database down while computing: that copy
+    too, if the process has one. A database session is opened only to
     compute: a hit costs none."""
     if not cache.enabled:
         async with sessions() as session:
@@ -125,9 +149,9 @@ async def popular_products(
             cached = await _wait_for_entry(cache)
         if cached is not None:
             return _answer(unpack(cached)[1], limit)
-        return _answer(await _compute_once(sessions, cache), limit)
+        return _answer(await _compute_or_last_copy(sessions, cache), limit)
     try:
-        return _answer(await _compute_once(sessions, cache), limit)
+        return _answer(await _compute_or_last_copy(sessions, cache), limit)
     finally:
         await cache.unlock(POPULAR_LOCK_KEY, token)
 
