@@ -147,7 +147,7 @@ def extra_service(**fields) -> str:
         ("common_nofile_limit=lots", "common_nofile_limit"),
         ("common_sysctl_local_port_range='60000 1024'", "low < high"),
         ("common_timezone='Mars/Olympus Mons'", "tz name"),
-        (extra_service(port=99999, sources=["any"]), "port must be 1-65535"),
+        (extra_service(port=99999, sources=["any"]), "with a port 1-65535"),
         (extra_service(port=81, sources=["moniter"]), "unknown: ['moniter']"),
     ],
 )
