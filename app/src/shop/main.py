@@ -20,7 +20,14 @@ from shop import __version__, crud, metrics
 from shop.api.main import COMMON_RESPONSES, routers
 from shop.core.cache import create_cache
 from shop.core.config import Settings, get_settings
-from shop.core.db import create_blocking_engine, create_engine, instrument_pool, session_factory
+from shop.core.db import (
+    create_blocking_engine,
+    create_engine,
+    instrument_pool,
+    is_transient,
+    session_factory,
+    sqlstate,
+)
 from shop.core.deadline import RequestDeadlineMiddleware
 from shop.metrics import PrometheusMiddleware
 from shop.profiling import ProfilingMiddleware
@@ -78,33 +85,6 @@ def _invalid(errors: list[dict[str, Any]]) -> JSONResponse:
 # FastAPI's 400 for a body it could not parse at all (not a JSONDecodeError: JSON nested
 # past Python's recursion limit, a broken form).
 _UNPARSABLE_BODY = "There was an error parsing the body"
-
-
-# SQLSTATE classes (the first two characters) that mean the database cannot serve
-# right now, not that the request is wrong: a retry may well succeed.
-# 08 connection exception, 40 transaction rollback (serialization failure, deadlock),
-# 53 insufficient resources (too many connections), 57 operator intervention
-# (57014 query_canceled by statement_timeout, 57P01 admin_shutdown, 57P03 cannot
-# connect now), 58 system error (I/O), and 55P03 lock_not_available.
-_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
-_TRANSIENT_SQLSTATES = frozenset({"55P03"})
-
-
-def sqlstate(exc: DBAPIError) -> str | None:
-    """The SQLSTATE of a driver error (asyncpg's adapter and psycopg both carry it)."""
-    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    return code if isinstance(code, str) and len(code) == 5 else None
-
-
-def is_transient(exc: DBAPIError) -> bool:
-    """No SQLSTATE (the connection broke, the driver gave up) or a transient one."""
-    code = sqlstate(exc)
-    return (
-        code is None
-        or code[:2] in _TRANSIENT_SQLSTATE_CLASSES
-        or code in _TRANSIENT_SQLSTATES
-        or exc.connection_invalidated
-    )
 
 
 def _install_error_handlers(app: FastAPI, retry_after_seconds: int) -> None:

@@ -11,7 +11,7 @@ from uuid import uuid4
 from sqlalchemy import Engine, event, make_url
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -293,3 +293,30 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     # expire_on_commit=False: responses are built from objects after commit,
     # and reloading them would cost a query each.
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+# SQLSTATE classes (the first two characters) that mean the database cannot serve
+# right now, not that the request is wrong: a retry may well succeed.
+# 08 connection exception, 40 transaction rollback (serialization failure, deadlock),
+# 53 insufficient resources (too many connections), 57 operator intervention
+# (57014 query_canceled by statement_timeout, 57P01 admin_shutdown, 57P03 cannot
+# connect now), 58 system error (I/O), and 55P03 lock_not_available.
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+_TRANSIENT_SQLSTATES = frozenset({"55P03"})
+
+
+def sqlstate(exc: DBAPIError) -> str | None:
+    """The SQLSTATE of a driver error (asyncpg's adapter and psycopg both carry it)."""
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return code if isinstance(code, str) and len(code) == 5 else None
+
+
+def is_transient(exc: DBAPIError) -> bool:
+    """No SQLSTATE (the connection broke, the driver gave up) or a transient one."""
+    code = sqlstate(exc)
+    return (
+        code is None
+        or code[:2] in _TRANSIENT_SQLSTATE_CLASSES
+        or code in _TRANSIENT_SQLSTATES
+        or exc.connection_invalidated
+    )

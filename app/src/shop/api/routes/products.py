@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shop import crud, schemas
 from shop.api.deps import CacheDep, SessionDep, SessionmakerDep
 from shop.core.cache import Cache, CacheOutage, pack, unpack
+from shop.core.db import is_transient
 from shop.core.inputs import Text
 
 router = APIRouter(prefix="/api/products", tags=["products"])
@@ -99,8 +100,6 @@ async def _compute_or_last_copy(sessions: async_sessionmaker[AsyncSession], cach
     try:
         return await _compute_once(sessions, cache)
     except (DBAPIError, PoolTimeoutError, OSError) as exc:
-        from shop.main import is_transient  # here: shop.main imports the routers
-
         local = cache.local(POPULAR_CACHE_KEY)
         if local is None or (isinstance(exc, DBAPIError) and not is_transient(exc)):
             raise
