@@ -56,7 +56,7 @@ molecule: testbed ## Run one scenario's full `molecule test`: make molecule s=co
 	@test -n "$(s)" || { echo "usage: make molecule s=<scenario>  (one of: $(SCENARIOS))"; exit 2; }
 	TESTBED_IMAGE=$$(.config/testbed/build-image) molecule test -s $(s)
 
-molecule-all: testbed ## Run every Molecule scenario, MOLECULE_JOBS (2) at a time; logs in .cache/molecule-logs
+molecule-all: testbed ## Run every Molecule scenario, MOLECULE_JOBS (3) slots, ha takes 2; logs in .cache/molecule-logs
 	TESTBED_IMAGE=$$(.config/testbed/build-image) .config/testbed/molecule-all $(filter-out $(SCENARIOS_NOT_IN_TEST),$(SCENARIOS))
 
 test-app: ## The app's tests against a real PostgreSQL, PgBouncer and Redis (installs them)
