@@ -65,14 +65,16 @@ class _Login(http.server.BaseHTTPRequestHandler):
             body = {"access_token": f"tok.{user}.sig", "token_type": "bearer", "expires_in": 900}
             status, extra = 200, {}
         data = json.dumps(body).encode()
+        # Done before the answer leaves: once the client has it, it may send the next
+        # login before this thread runs again (a loaded machine counted 3 at a time).
+        with cls.lock:
+            cls.active -= 1
         self.send_response(status)
         for name, value in extra.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
-        with cls.lock:
-            cls.active -= 1
 
     def log_message(self, *args):
         pass
