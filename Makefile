@@ -73,4 +73,14 @@ bench-smoke: packages setup ## The benchmark's machinery against make up's stack
 	bench/run.py --smoke
 
 # bench-smoke's run is also a test of the default scenario (test_stack_10), against its hosts.
-test: packages lint test-app test-bench molecule-all ## Everything CI runs: lint, app and bench tests, every scenario
+# The base image builds in the background (debootstrap: mostly network and disk, about 2
+# minutes on a fresh machine) while lint and the app's and bench tests run (mostly CPU);
+# every apt install on this host is done before, so the two never share apt's lock.
+test: packages setup ## Everything CI runs: lint, app and bench tests, every scenario
+	.config/testbed/ensure-packages app
+	.config/testbed/ensure-docker
+	mkdir -p .cache
+	.config/testbed/build-image >.cache/build-image.log 2>&1 & image=$$!; \
+	$(MAKE) --no-print-directory lint test-app test-bench || { kill $$image; exit 1; }; \
+	wait $$image || { echo "building the base image failed:"; cat .cache/build-image.log; exit 1; }
+	$(MAKE) --no-print-directory molecule-all
