@@ -62,6 +62,11 @@ def hosts_in(group: str) -> list[str]:
     return _runner().get_hosts(group)
 
 
+def groups_of(host: str) -> set[str]:
+    """The host's inventory groups as Ansible's group_names has them (no all, ungrouped)."""
+    return set(_runner().get_variables(host)["group_names"]) - {"all", "ungrouped"}
+
+
 @dataclass
 class PlaybookRun:
     returncode: int
