@@ -23,13 +23,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import os
 import re
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,8 @@ import testinfra
 from testinfra.utils.ansible_runner import AnsibleRunner
 
 JOURNAL_LINES = 60
+# Refusal runs of one test at a time (Refusals): each is one ansible-playbook process.
+REFUSAL_RUNS = 4
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # The seed's demo accounts: user<N>@example.com, N = 1..app_seed_users, all with this
 # password (shop.seed.DEMO_PASSWORD): public demo data, not a secret.
@@ -289,7 +292,40 @@ def assert_refused(*args: str, message: str) -> PlaybookRun:
     shared one and site.yml) check every role's variables on every host in their first
     play, so a refusal must come from that play: the output holds no second play.
     """
-    run = converge(*args)
+    return check_refused(converge(*args), message=message)
+
+
+class Refusals:
+    """The refusal runs of one parametrized test, started together at its first case's
+    call, REFUSAL_RUNS at a time, each case then checked as assert_refused checks it.
+
+    A refused run changes nothing, so the runs may overlap; one at a time they were the
+    largest part of a scenario's verify on a busy CI machine (tens of seconds each, most
+    of it waiting for a CPU).
+
+        BAD = [("app_port=70000", "app_port 1-65535"), ...]
+        REFUSALS = Refusals(["-e", extra] for extra, _ in BAD)
+
+        @pytest.mark.parametrize(("extra", "message"), BAD)
+        def test_bad_variables(extra, message):
+            REFUSALS.assert_refused("-e", extra, message=message)
+    """
+
+    def __init__(self, cases: Iterable[Iterable[str]]) -> None:
+        self.cases = [tuple(case) for case in cases]
+        self.runs: dict[tuple[str, ...], concurrent.futures.Future[PlaybookRun]] = {}
+
+    def assert_refused(self, *args: str, message: str) -> PlaybookRun:
+        if not self.runs:
+            with concurrent.futures.ThreadPoolExecutor(REFUSAL_RUNS) as pool:
+                self.runs = {case: pool.submit(converge, *case) for case in self.cases}
+        future = self.runs.get(args)
+        assert future is not None, f"{args} is not one of this test's cases: {self.cases}"
+        return check_refused(future.result(), message=message)
+
+
+def check_refused(run: PlaybookRun, message: str) -> PlaybookRun:
+    """assert_refused's checks of a finished run."""
     assert run.returncode != 0, run.output[-3000:]
     # Whitespace collapsed: the YAML callback wraps a long message at any space.
     assert " ".join(message.split()) in " ".join(run.output.split()), run.output[-3000:]

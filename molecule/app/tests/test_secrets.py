@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from stack_testinfra import assert_refused, hosts_in
+from stack_testinfra import Refusals, hosts_in
 
 testinfra_hosts = hosts_in("app")
 
@@ -133,17 +133,18 @@ OWNER_FROM_A_GROUP = {
 
 # A migration host outside the inventory is refused by the postgresql role's checks first
 # (postgresql_migration_host follows it), one outside `app` by the app role's.
+OWNER_EXPOSURES = [
+    ("app_migration_host=nowhere", "migration_host (nowhere) must be"),
+    (json.dumps(OWNER_VIA_PGBOUNCER), "shop_owner, in pgbouncer_refused_users"),
+    (json.dumps(OWNER_FROM_A_GROUP), "admits a database owner (shop_owner) from app"),
+]
+OWNER_EXPOSURE_RUNS = Refusals(["-e", extra] for extra, _ in OWNER_EXPOSURES)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
-    [
-        (
-            "app_migration_host=nowhere",
-            "migration_host (nowhere) must be",
-        ),
-        (json.dumps(OWNER_VIA_PGBOUNCER), "shop_owner, in pgbouncer_refused_users"),
-        (json.dumps(OWNER_FROM_A_GROUP), "admits a database owner (shop_owner) from app"),
-    ],
+    OWNER_EXPOSURES,
     ids=["migration-host-outside-app", "owner-in-pgbouncer-users", "owner-hba-from-a-group"],
 )
 def test_secrets_05_owner_exposure_refused_before_any_change(extra, message):
-    assert_refused("-e", extra, message=message)
+    OWNER_EXPOSURE_RUNS.assert_refused("-e", extra, message=message)
