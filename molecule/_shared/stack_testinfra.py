@@ -17,6 +17,8 @@
 - `prometheus_auth(host)` gives the curl options that reach Prometheus from a monitoring
   host: the stack CA and a root-only netrc built from the password file roles/prometheus
   installs there (the password is on no command line); `prometheus_url(host)` its URL.
+- `assert_refused(*args, message=...)` proves a converge with bad input is refused before
+  any change; `Refusals(cases)` runs one parametrized test's refusal cases in parallel.
 - A test marked `@pytest.mark.journal("unit", ...)` (or a module with `JOURNAL_UNITS`)
   prints the tail of those units' journals when it fails, on the host it ran against.
 """
